@@ -1,0 +1,115 @@
+"""What every benchmarked system shares: the command line, timing, and the JSON it prints.
+
+A system is a script ``benchmarks/systems/<name>.py`` run by its own interpreter (peers live in
+their own virtualenvs). It is called as ``<script> <scenario> --dsn DSN [options]`` and prints one
+JSON object on its last line of stdout: ``{"value": float, "unit": str, ...extra}``. A system
+that cannot run a scenario prints ``{"skip": "why"}``.
+
+Scenarios:
+  enqueue_single  N jobs, one transaction each                     -> jobs/s
+  enqueue_bulk    N jobs in one call                                -> jobs/s
+  drain           N pre-enqueued jobs drained by --processes runner
+                  processes at --concurrency, handlers sleeping
+                  --sleep-ms (0: no-op)                             -> jobs/s
+  latency         N jobs enqueued one by one to an idle runner,
+                  enqueue commit -> handler start                    -> p50 ms (p95, p99 extra)
+  rss             a runner at --concurrency draining N jobs          -> peak RSS MiB
+``--finished M`` inserts M finished jobs before a drain (index health); ``--handler sync`` uses
+plain ``def`` handlers where the system has both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+
+def parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("scenario")
+    parser.add_argument("--dsn", required=True)
+    parser.add_argument("--n", type=int, default=10_000)
+    parser.add_argument("--concurrency", type=int, default=10)
+    parser.add_argument("--processes", type=int, default=1)
+    parser.add_argument("--sleep-ms", type=float, default=0.0)
+    parser.add_argument("--finished", type=int, default=0)
+    parser.add_argument("--timeout", type=float, default=300.0)
+    parser.add_argument("--handler", choices=["async", "sync"], default="async")
+    return parser.parse_args()
+
+
+def emit(result: dict[str, Any]) -> None:
+    print(json.dumps(result), flush=True)
+
+
+def rate(n: int, seconds: float) -> dict[str, Any]:
+    return {"value": n / seconds, "unit": "jobs/s", "seconds": round(seconds, 3)}
+
+
+def percentiles(samples_ms: list[float]) -> dict[str, Any]:
+    ordered = sorted(samples_ms)
+
+    def pick(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3)
+
+    return {"value": pick(0.50), "unit": "ms p50", "p95": pick(0.95), "p99": pick(0.99)}
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def wait_until(check: Callable[[], bool], timeout: float, every: float = 0.02) -> float:
+    """Poll ``check``; return the seconds it took, or exit with a timeout result."""
+    started = time.perf_counter()
+    while not check():
+        if time.perf_counter() - started > timeout:
+            emit({"skip": f"timed out after {timeout:.0f} s"})
+            sys.exit(0)
+        time.sleep(every)
+    return time.perf_counter() - started
+
+
+def start_workers(script: str, args: argparse.Namespace) -> list[subprocess.Popen]:
+    """Start --processes copies of ``script``'s hidden ``_worker`` scenario."""
+    command = [
+        sys.executable, script, "_worker", "--dsn", args.dsn,
+        "--concurrency", str(args.concurrency), "--sleep-ms", str(args.sleep_ms),
+    ]  # fmt: skip
+    return [subprocess.Popen(command, stdout=subprocess.DEVNULL) for _ in range(args.processes)]
+
+
+def check_workers(workers: list[subprocess.Popen]) -> None:
+    """Exit with a skip result when a worker process died during the run."""
+    if any(worker.poll() is not None for worker in workers):
+        emit({"skip": "a worker process exited during the drain"})
+        sys.exit(0)
+
+
+def stop_workers(workers: list[subprocess.Popen]) -> None:
+    """SIGTERM every worker process, wait for each, kill what does not stop within 30 s."""
+    for worker in workers:
+        worker.send_signal(signal.SIGTERM)
+    for worker in workers:
+        try:
+            worker.wait(30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+
+
+def main(scenarios: dict[str, Callable[[argparse.Namespace], dict[str, Any]]]) -> None:
+    args = parse()
+    run = scenarios.get(args.scenario)
+    if run is None:
+        emit({"skip": f"{args.scenario} is not implemented"})
+        return
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    emit(run(args))

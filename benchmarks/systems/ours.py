@@ -1,0 +1,173 @@
+"""outbox itself: enqueue and enqueue_many on psycopg, runners as `outbox run` processes.
+
+Settings: Runner defaults (batch_size 100, LISTEN/NOTIFY wake-ups), --concurrency per process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common
+
+import outbox
+from outbox import HandlerMux, Job, NewJob, Outbox, Runner
+
+ROOT = Path(__file__).resolve().parents[2]
+OB = Outbox(schema="bench_outbox")
+
+mux = HandlerMux()
+_SLEEP = float(os.environ.get("BENCH_SLEEP_MS", "0")) / 1000
+
+
+@mux.register("bench")
+async def bench(job: Job) -> None:
+    if _SLEEP:
+        await asyncio.sleep(_SLEEP)
+
+
+@mux.register("bench_sync")
+def bench_sync(job: Job) -> None:
+    if _SLEEP:
+        time.sleep(_SLEEP)
+
+
+def reset(dsn: str) -> psycopg.Connection:
+    conn = psycopg.connect(dsn, autocommit=True)
+    conn.execute("DROP SCHEMA IF EXISTS bench_outbox CASCADE")
+    OB.migrate(conn)
+    return conn
+
+
+def add_finished(conn: psycopg.Connection, m: int) -> None:
+    if m:
+        conn.execute(
+            "INSERT INTO bench_outbox.jobs (kind, state, attempts, finished_at)"
+            " SELECT 'old', 'succeeded', 1, now() FROM generate_series(1, %s)",
+            (m,),
+        )
+        conn.execute("VACUUM ANALYZE bench_outbox.jobs")
+
+
+def enqueue_single(args) -> dict:
+    conn = reset(args.dsn)
+    started = time.perf_counter()
+    for i in range(args.n):
+        OB.enqueue(conn, "bench", {"i": i})  # autocommit: each job its own transaction
+    return common.rate(args.n, time.perf_counter() - started)
+
+
+def enqueue_bulk(args) -> dict:
+    conn = reset(args.dsn)
+    jobs = [NewJob("bench", {"i": i}) for i in range(args.n)]
+    started = time.perf_counter()
+    OB.enqueue_many(conn, jobs)
+    return common.rate(args.n, time.perf_counter() - started)
+
+
+def unfinished(conn: psycopg.Connection) -> bool:
+    query = (
+        # Walks the partial indexes: a plain EXISTS would scan the finished rows every poll.
+        "SELECT EXISTS (SELECT 1 FROM bench_outbox.jobs WHERE state = 'pending'"
+        " ORDER BY priority DESC, run_at, id LIMIT 1) OR EXISTS (SELECT 1 FROM bench_outbox.jobs"
+        " WHERE state = 'running' ORDER BY leased_until LIMIT 1)"
+    )
+    return bool(conn.execute(query).fetchone()[0])
+
+
+def drain(args) -> dict:
+    conn = reset(args.dsn)
+    add_finished(conn, args.finished)
+    kind = "bench" if args.handler == "async" else "bench_sync"
+    env = {**os.environ, "OUTBOX_DSN": args.dsn, "OUTBOX_SCHEMA": OB.schema,
+           "BENCH_SLEEP_MS": str(args.sleep_ms), "PYTHONPATH": str(ROOT)}  # fmt: skip
+    workers = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "outbox.cli",
+                "run",
+                "benchmarks.systems.ours:mux",
+                "--concurrency",
+                str(args.concurrency),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(args.processes)
+    ]
+    try:
+        time.sleep(2)
+        OB.enqueue_many(conn, [NewJob(kind) for _ in range(args.n)])
+        seconds = common.wait_until(lambda: not unfinished(conn), args.timeout)
+    finally:
+        common.stop_workers(workers)
+    return common.rate(args.n, seconds)
+
+
+def latency(args) -> dict:
+    conn = reset(args.dsn)
+    started: dict[int, float] = {}
+
+    @mux.register("latency")
+    async def probe(job: Job) -> None:
+        started[job.id] = time.perf_counter()
+
+    runner = Runner(mux, dsn=args.dsn, outbox=OB, concurrency=10)
+    runner.start_in_thread()
+    committed: dict[int, float] = {}
+    try:
+        time.sleep(1)
+        for _ in range(args.n):
+            with conn.transaction():
+                job_id = OB.enqueue(conn, "latency")
+            committed[job_id] = time.perf_counter()
+            common.wait_until(lambda j=job_id: j in started, 10, every=0.0005)
+            time.sleep(0.02)
+    finally:
+        runner.stop()
+    return common.percentiles([(started[i] - committed[i]) * 1000 for i in committed])
+
+
+def rss(args) -> dict:
+    conn = reset(args.dsn)
+    conn.execute(
+        "INSERT INTO bench_outbox.jobs (kind) SELECT 'bench' FROM generate_series(1, %s)",
+        (args.n,),
+    )
+    os.environ["BENCH_SLEEP_MS"] = "10"
+    global _SLEEP
+    _SLEEP = 0.01
+
+    async def main() -> None:
+        runner = Runner(mux, dsn=args.dsn, outbox=OB, concurrency=args.concurrency)
+        task = asyncio.create_task(runner.run())
+        while await asyncio.to_thread(unfinished, conn):
+            await asyncio.sleep(0.2)
+        runner.stop()
+        await task
+
+    asyncio.run(main())
+    return {"value": common.peak_rss_mib(), "unit": "MiB", "outbox": outbox.__name__}
+
+
+if __name__ == "__main__":
+    common.main(
+        {
+            "enqueue_single": enqueue_single,
+            "enqueue_bulk": enqueue_bulk,
+            "drain": drain,
+            "latency": latency,
+            "rss": rss,
+        }
+    )

@@ -1,0 +1,88 @@
+"""outbox: a Postgres-native durable outbox and job runner.
+
+Enqueue a job in the same transaction as your business data; a runner leases it with
+``FOR UPDATE SKIP LOCKED`` and hands it to the handler registered for its kind.
+"""
+
+from __future__ import annotations
+
+from outbox.backoff import Backoff
+from outbox.client import DEFAULT_SCHEMA, Outbox
+from outbox.errors import (
+    ConfigurationError,
+    DatabaseError,
+    DuplicateJobError,
+    HandlerNotFoundError,
+    InvalidJobError,
+    InvalidKindError,
+    InvalidOptionError,
+    OutboxError,
+    PayloadError,
+    PayloadTooLargeError,
+    PermanentError,
+    RetryableError,
+    SchemaError,
+    SchemaNotMigratedError,
+    SchemaTooNewError,
+    UnknownQueueError,
+    UnserializablePayloadError,
+)
+from outbox.models import FINAL_STATES, Job, JobState, KindStats, NewJob, Stats
+from outbox.mux import HandlerMux
+from outbox.observe import JobEvent
+from outbox.runner import Runner
+from outbox.safety import safe_failure_message, safe_label, sanitize_kind
+
+__all__ = [
+    "DEFAULT_SCHEMA",
+    "FINAL_STATES",
+    "Backoff",
+    "ConfigurationError",
+    "DatabaseError",
+    "DuplicateJobError",
+    "HandlerMux",
+    "HandlerNotFoundError",
+    "InvalidJobError",
+    "InvalidKindError",
+    "InvalidOptionError",
+    "Job",
+    "JobEvent",
+    "JobState",
+    "KindStats",
+    "NewJob",
+    "Outbox",
+    "OutboxError",
+    "PayloadError",
+    "PayloadTooLargeError",
+    "PermanentError",
+    "RetryableError",
+    "Runner",
+    "SchemaError",
+    "SchemaNotMigratedError",
+    "SchemaTooNewError",
+    "Stats",
+    "UnknownQueueError",
+    "UnserializablePayloadError",
+    "cancel",
+    "enqueue",
+    "enqueue_many",
+    "get_job",
+    "list_jobs",
+    "migrate",
+    "prune",
+    "safe_failure_message",
+    "safe_label",
+    "sanitize_kind",
+    "stats",
+]
+
+_DEFAULT = Outbox()
+
+cancel = _DEFAULT.cancel
+enqueue = _DEFAULT.enqueue
+enqueue_many = _DEFAULT.enqueue_many
+get_job = _DEFAULT.get_job
+list_jobs = _DEFAULT.list_jobs
+stats = _DEFAULT.stats
+migrate = _DEFAULT.migrate
+prune = _DEFAULT.prune

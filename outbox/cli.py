@@ -1,0 +1,289 @@
+"""The ``outbox`` command: parses arguments, calls down into the library, prints.
+
+Exit codes: 0 done; 1 the operation failed (database unreachable, schema not migrated, job not
+found); 2 bad usage (unknown option, bad DSN or argument).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import json
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Annotated, Any, NoReturn
+
+import psycopg
+import typer
+
+from outbox.client import DEFAULT_SCHEMA, Outbox
+from outbox.errors import ConfigurationError, OutboxError
+from outbox.models import JobState, Stats
+from outbox.mux import HandlerMux
+from outbox.runner import DEFAULT_LEASE_SECONDS, DEFAULT_SHUTDOWN_TIMEOUT, Runner
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="outbox",
+    help="A Postgres-native durable outbox: migrate, run and inspect jobs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+DsnOption = Annotated[
+    str | None,
+    typer.Option(
+        "--dsn", envvar="OUTBOX_DSN", help="Postgres DSN (or set OUTBOX_DSN).", show_default=False
+    ),
+]
+SchemaOption = Annotated[
+    str, typer.Option("--schema", envvar="OUTBOX_SCHEMA", help="The outbox's Postgres schema.")
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    typer.echo(f"outbox: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _require_dsn(dsn: str | None) -> str:
+    if not dsn:
+        _fail("no database given: pass --dsn or set OUTBOX_DSN", 2)
+    try:
+        psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError as exc:
+        _fail(f"invalid DSN: {exc}", 2)
+    return dsn
+
+
+@contextlib.contextmanager
+def _connect(dsn: str | None) -> Iterator[psycopg.Connection[Any]]:
+    url = _require_dsn(dsn)
+    try:
+        conn = psycopg.connect(url, autocommit=True, connect_timeout=10)
+    except psycopg.Error as exc:
+        _fail(f"cannot connect to the database: {str(exc).strip()}")
+    with conn:
+        yield conn
+
+
+@contextlib.contextmanager
+def _errors() -> Iterator[None]:
+    """Turn library errors into a message and an exit code."""
+    try:
+        yield
+    except ConfigurationError as exc:
+        _fail(str(exc), 2)
+    except OutboxError as exc:
+        _fail(str(exc), 1)
+
+
+def _outbox(schema: str) -> Outbox:
+    with _errors():
+        return Outbox(schema=schema)
+
+
+@app.command()
+def migrate(dsn: DsnOption = None, schema: SchemaOption = DEFAULT_SCHEMA) -> None:
+    """Apply pending migrations (safe to run from several processes at once)."""
+    ob = _outbox(schema)
+    with _connect(dsn) as conn, _errors():
+        applied = ob.migrate(conn)
+    if applied:
+        typer.echo(f"applied migrations {', '.join(map(str, applied))} to schema {schema!r}")
+    else:
+        typer.echo(f"schema {schema!r} is up to date")
+
+
+def _stats_json(stats: Stats) -> dict[str, Any]:
+    def age(value: timedelta | None) -> float | None:
+        return None if value is None else round(value.total_seconds(), 3)
+
+    return {
+        "totals": {state.value: n for state, n in stats.totals.items()},
+        "oldest_runnable_age_seconds": age(stats.oldest_runnable_age),
+        "kinds": [
+            {
+                "queue": k.queue,
+                "kind": k.kind,
+                "counts": {state.value: n for state, n in k.counts.items()},
+                "oldest_runnable_age_seconds": age(k.oldest_runnable_age),
+            }
+            for k in stats.by_kind
+        ],
+    }
+
+
+def _age(value: timedelta | None) -> str:
+    return "-" if value is None else f"{value.total_seconds():.1f}s"
+
+
+def _print_stats(stats: Stats) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="outbox jobs")
+    table.add_column("queue")
+    table.add_column("kind")
+    for state in JobState:
+        table.add_column(state.value, justify="right")
+    table.add_column("oldest runnable", justify="right")
+    for k in stats.by_kind:
+        age = (
+            "-"
+            if k.oldest_runnable_age is None
+            else f"{k.oldest_runnable_age.total_seconds():.1f}s"
+        )
+        table.add_row(k.queue, k.kind, *(str(k.counts[s]) for s in JobState), age)
+    total_age = stats.oldest_runnable_age
+    table.add_row(
+        "all",
+        "",
+        *(str(stats.totals[s]) for s in JobState),
+        "-" if total_age is None else f"{total_age.total_seconds():.1f}s",
+        style="bold",
+    )
+    Console(width=200).print(table)
+
+
+@app.command()
+def status(
+    dsn: DsnOption = None, schema: SchemaOption = DEFAULT_SCHEMA, as_json: JsonOption = False
+) -> None:
+    """Count jobs per queue, kind and state."""
+    ob = _outbox(schema)
+    with _connect(dsn) as conn, _errors():
+        stats = ob.stats(conn)
+    if as_json:
+        typer.echo(json.dumps(_stats_json(stats), indent=2))
+    else:
+        _print_stats(stats)
+
+
+@app.command()
+def cancel(
+    job_id: Annotated[int, typer.Argument(help="The job's id.")],
+    dsn: DsnOption = None,
+    schema: SchemaOption = DEFAULT_SCHEMA,
+) -> None:
+    """Cancel a pending or running job."""
+    ob = _outbox(schema)
+    with _connect(dsn) as conn, _errors():
+        done = ob.cancel(conn, job_id)
+    if not done:
+        _fail(f"job {job_id} is not pending or running (finished, or no such job)")
+    typer.echo(f"cancelled job {job_id}")
+
+
+@app.command()
+def prune(
+    older_than: Annotated[
+        float, typer.Option("--older-than", min=0, help="Age in days of the jobs to delete.")
+    ] = 7.0,
+    dsn: DsnOption = None,
+    schema: SchemaOption = DEFAULT_SCHEMA,
+) -> None:
+    """Delete finished jobs older than --older-than days, in small batches."""
+    ob = _outbox(schema)
+    with _connect(dsn) as conn, _errors():
+        deleted = ob.prune(conn, timedelta(days=older_than))
+    typer.echo(f"deleted {deleted} finished jobs older than {older_than:g} days")
+
+
+def _load_target(target: str) -> Any:
+    module_name, _, attr = target.partition(":")
+    if not module_name or not attr:
+        _fail(f"expected module:attribute (like myapp.jobs:mux), got {target!r}", 2)
+    sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        _fail(f"cannot import {module_name!r}: {exc}", 2)
+    obj: Any = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            _fail(f"module {module_name!r} has no attribute {attr!r}", 2)
+    if not isinstance(obj, HandlerMux | Runner) and callable(obj):
+        obj = obj()
+    if not isinstance(obj, HandlerMux | Runner):
+        _fail(f"{target} is a {type(obj).__name__}, expected a HandlerMux or a Runner", 2)
+    return obj
+
+
+async def _run_until_signalled(runner: Runner) -> None:
+    loop = asyncio.get_running_loop()
+    signals = 0
+
+    def on_signal() -> None:
+        nonlocal signals
+        signals += 1
+        runner.stop(now=signals > 1)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
+    await runner.run()
+
+
+@app.command()
+def run(
+    target: Annotated[
+        str, typer.Argument(help="module:attribute naming a HandlerMux, a Runner or a factory.")
+    ],
+    dsn: DsnOption = None,
+    schema: SchemaOption = DEFAULT_SCHEMA,
+    concurrency: Annotated[int, typer.Option(min=1, help="Jobs running at once.")] = 10,
+    batch_size: Annotated[int, typer.Option(min=1, help="Most jobs leased at once.")] = 100,
+    queues: Annotated[
+        str | None, typer.Option(help="Comma-separated queues to serve (default: all).")
+    ] = None,
+    lease: Annotated[
+        float, typer.Option(min=1, help="Lease duration in seconds; heartbeats every third.")
+    ] = DEFAULT_LEASE_SECONDS,
+    shutdown_timeout: Annotated[
+        float, typer.Option(min=0, help="Seconds to wait for running jobs on stop.")
+    ] = DEFAULT_SHUTDOWN_TIMEOUT,
+) -> None:
+    """Run jobs until SIGTERM or SIGINT (a second signal stops at once)."""
+    obj = _load_target(target)
+    with _errors():
+        if isinstance(obj, Runner):
+            runner = obj
+        else:
+            runner = Runner(
+                obj,
+                dsn=_require_dsn(dsn),
+                outbox=Outbox(schema=schema),
+                concurrency=concurrency,
+                batch_size=batch_size,
+                queues=None if queues is None else [q for q in queues.split(",") if q.strip()],
+                lease_seconds=lease,
+                shutdown_timeout=shutdown_timeout,
+            )
+        asyncio.run(_run_until_signalled(runner))
+
+
+@app.command()
+def demo(dsn: DsnOption = None) -> None:
+    """Enqueue jobs in business transactions and run them (embedded Postgres without a DSN)."""
+    from outbox import demo as demo_module
+
+    with _errors():
+        demo_module.main(dsn)
+
+
+def main() -> None:
+    """Entry point of the ``outbox`` command."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

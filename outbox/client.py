@@ -1,0 +1,256 @@
+"""``Outbox``: the settings of one outbox schema and the operations on it.
+
+Every operation takes the caller's psycopg connection, sync or async: on a ``Connection`` it
+returns the result, on an ``AsyncConnection`` an awaitable of it. It runs in whatever
+transaction the connection is in, so a job exists if and only if the caller's transaction
+commits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, TypeVar, overload
+
+import psycopg
+
+from outbox import admin as _admin
+from outbox import enqueuing as _enqueue
+from outbox import migrations as _migrate
+from outbox import status as _status
+from outbox.db import AnyConnection, Plan, execute
+from outbox.errors import ConfigurationError, UnknownQueueError
+from outbox.models import Job, JobState, NewJob, Stats
+from outbox.queries import check_schema_name
+from outbox.safety import MAX_PAYLOAD_BYTES, sanitize_queue
+
+__all__ = ["DEFAULT_SCHEMA", "Outbox"]
+
+DEFAULT_SCHEMA = "outbox"
+"""The Postgres schema that holds the jobs table unless told otherwise."""
+
+T = TypeVar("T")
+SyncConn = psycopg.Connection[Any]
+AsyncConn = psycopg.AsyncConnection[Any]
+
+
+@dataclass(frozen=True)
+class Outbox:
+    """The settings of one outbox: its schema, payload limit and (optionally) declared queues.
+
+    The module-level functions (``outbox.enqueue`` …) use ``Outbox()``, the defaults.
+    """
+
+    schema: str = DEFAULT_SCHEMA
+    """The Postgres schema of the jobs table, views and functions."""
+    max_payload_bytes: int = MAX_PAYLOAD_BYTES
+    """Largest payload, in bytes of JSON, that enqueue accepts."""
+    queues: frozenset[str] | None = field(default=None)
+    """When set, enqueue refuses a queue outside these names."""
+
+    def __post_init__(self) -> None:
+        check_schema_name(self.schema)
+        limit = self.max_payload_bytes
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 2:
+            raise ConfigurationError(
+                f"max_payload_bytes must be an int of at least 2, got {limit!r}"
+            )
+        if isinstance(self.queues, str):
+            raise ConfigurationError(
+                f"queues must be a collection of queue names, not the str {self.queues!r}"
+            )
+        if self.queues is not None:
+            try:
+                declared = frozenset(sanitize_queue(q) for q in self.queues)
+            except UnknownQueueError as exc:
+                raise ConfigurationError(f"queues: {exc}") from None
+            if not declared:
+                raise ConfigurationError("queues, when given, must name at least one queue")
+            object.__setattr__(self, "queues", declared)
+
+    def _run(self, conn: AnyConnection, plan: Plan[T]) -> T | Awaitable[T]:
+        _check_connection(conn, plan)
+        return execute(conn, _migrate.verified(conn, self.schema, plan))
+
+    @overload
+    def enqueue(
+        self,
+        conn: SyncConn,
+        kind: str,
+        payload: Any = None,
+        *,
+        run_at: datetime | None = None,
+        delay: timedelta | float | None = None,
+        max_attempts: int | None = None,
+        priority: int = 0,
+        queue: str | None = None,
+        unique_key: str | None = None,
+        if_exists: _enqueue.IfExists = "return",
+    ) -> int: ...
+    @overload
+    def enqueue(
+        self,
+        conn: AsyncConn,
+        kind: str,
+        payload: Any = None,
+        *,
+        run_at: datetime | None = None,
+        delay: timedelta | float | None = None,
+        max_attempts: int | None = None,
+        priority: int = 0,
+        queue: str | None = None,
+        unique_key: str | None = None,
+        if_exists: _enqueue.IfExists = "return",
+    ) -> Awaitable[int]: ...
+    def enqueue(
+        self, conn: AnyConnection, kind: str, payload: Any = None, *,
+        run_at: datetime | None = None, delay: timedelta | float | None = None,
+        max_attempts: int | None = None, priority: int = 0, queue: str | None = None,
+        unique_key: str | None = None, if_exists: _enqueue.IfExists = "return",
+    ) -> int | Awaitable[int]:  # fmt: skip
+        """Add a job in the connection's current transaction and return its id.
+
+        ``payload`` is anything orjson serializes, or a pydantic model. The job runs at
+        ``run_at`` (timezone-aware) or ``delay`` after now (the database's clock), else now.
+        While an unfinished job of this kind has the same ``unique_key``, its id is returned
+        instead (``if_exists="raise"`` raises DuplicateJobError). Higher ``priority`` runs
+        first. Bad input raises an InvalidJobError before anything is sent.
+        """
+        row = _enqueue.prepare(
+            kind,
+            payload,
+            run_at=run_at,
+            delay=delay,
+            max_attempts=max_attempts,
+            priority=priority,
+            queue=queue,
+            unique_key=unique_key,
+            max_payload_bytes=self.max_payload_bytes,
+            queues=self.queues,
+        )
+        if if_exists not in ("return", "raise"):
+            raise ConfigurationError(f"if_exists must be 'return' or 'raise', got {if_exists!r}")
+        return self._run(conn, _enqueue.enqueue_plan(self.schema, row, if_exists))
+
+    @overload
+    def enqueue_many(self, conn: SyncConn, jobs: Iterable[NewJob]) -> list[int]: ...
+    @overload
+    def enqueue_many(self, conn: AsyncConn, jobs: Iterable[NewJob]) -> Awaitable[list[int]]: ...
+    def enqueue_many(
+        self, conn: AnyConnection, jobs: Iterable[NewJob]
+    ) -> list[int] | Awaitable[list[int]]:
+        """Add many jobs in one statement; return the new ids in order.
+
+        All jobs are validated first: one bad job refuses the whole call. A job whose
+        unique_key matches an unfinished job is skipped and gets no id.
+        """
+        rows = _enqueue.prepare_many(
+            jobs, max_payload_bytes=self.max_payload_bytes, queues=self.queues
+        )
+        return self._run(conn, _enqueue.enqueue_many_plan(self.schema, rows))
+
+    @overload
+    def get_job(self, conn: SyncConn, job_id: int) -> Job | None: ...
+    @overload
+    def get_job(self, conn: AsyncConn, job_id: int) -> Awaitable[Job | None]: ...
+    def get_job(self, conn: AnyConnection, job_id: int) -> Job | Awaitable[Job | None] | None:
+        """Return the job with this id, or None."""
+        return self._run(conn, _status.get_job_plan(self.schema, job_id))
+
+    @overload
+    def list_jobs(
+        self,
+        conn: SyncConn,
+        *,
+        state: JobState | str | None = None,
+        kind: str | None = None,
+        queue: str | None = None,
+        limit: int = 100,
+        after_id: int | None = None,
+    ) -> list[Job]: ...
+    @overload
+    def list_jobs(
+        self,
+        conn: AsyncConn,
+        *,
+        state: JobState | str | None = None,
+        kind: str | None = None,
+        queue: str | None = None,
+        limit: int = 100,
+        after_id: int | None = None,
+    ) -> Awaitable[list[Job]]: ...
+    def list_jobs(
+        self, conn: AnyConnection, *, state: JobState | str | None = None,
+        kind: str | None = None, queue: str | None = None, limit: int = 100,
+        after_id: int | None = None,
+    ) -> list[Job] | Awaitable[list[Job]]:  # fmt: skip
+        """Return up to ``limit`` jobs, newest first, filtered by state, kind and queue.
+
+        For the next page pass the last job's id as ``after_id``.
+        """
+        plan = _status.list_jobs_plan(
+            self.schema, state=state, kind=kind, queue=queue, limit=limit, after_id=after_id
+        )
+        return self._run(conn, plan)
+
+    @overload
+    def stats(self, conn: SyncConn) -> Stats: ...
+    @overload
+    def stats(self, conn: AsyncConn) -> Awaitable[Stats]: ...
+    def stats(self, conn: AnyConnection) -> Stats | Awaitable[Stats]:
+        """Count jobs per queue, kind and state, with the oldest runnable pending job's age."""
+        return self._run(conn, _status.stats_plan(self.schema))
+
+    @overload
+    def cancel(self, conn: SyncConn, job_id: int) -> bool: ...
+    @overload
+    def cancel(self, conn: AsyncConn, job_id: int) -> Awaitable[bool]: ...
+    def cancel(self, conn: AnyConnection, job_id: int) -> bool | Awaitable[bool]:
+        """Cancel a job: a pending one never runs; a running one is never retried.
+
+        A running job's handler is stopped at its runner's next heartbeat where it can be (an
+        ``async def`` is cancelled; a ``def`` runs to its end) and its outcome is not recorded.
+        Returns False when the job had already finished or does not exist.
+        """
+        return self._run(conn, _admin.cancel_plan(self.schema, job_id))
+
+    @overload
+    def prune(self, conn: SyncConn, older_than: timedelta) -> int: ...
+    @overload
+    def prune(self, conn: AsyncConn, older_than: timedelta) -> Awaitable[int]: ...
+    def prune(self, conn: AnyConnection, older_than: timedelta) -> int | Awaitable[int]:
+        """Delete jobs that finished more than ``older_than`` ago; return how many.
+
+        Deletes in batches of 1,000; on an autocommit connection each batch is its own
+        transaction, so pruning never holds long locks.
+        """
+        if older_than < timedelta(0):
+            raise ConfigurationError(f"older_than must not be negative, got {older_than}")
+        plan = _admin.prune_plan(self.schema, older_than.total_seconds())
+        return self._run(conn, plan)
+
+    @overload
+    def migrate(self, conn: SyncConn) -> list[int]: ...
+    @overload
+    def migrate(self, conn: AsyncConn) -> Awaitable[list[int]]: ...
+    def migrate(self, conn: AnyConnection) -> list[int] | Awaitable[list[int]]:
+        """Apply pending migrations in one transaction; return the versions applied.
+
+        Safe to call from several processes at once, and idempotent.
+        """
+        _check_connection(conn)
+        if isinstance(conn, psycopg.AsyncConnection):
+            return _migrate.migrate_async(conn, self.schema)
+        return _migrate.migrate_sync(conn, self.schema)
+
+
+def _check_connection(conn: object, plan: Plan[Any] | None = None) -> None:
+    """Raise ConfigurationError unless ``conn`` is a psycopg (Async)Connection."""
+    if isinstance(conn, (psycopg.Connection, psycopg.AsyncConnection)):
+        return
+    if plan is not None:
+        plan.close()
+    raise ConfigurationError(
+        f"expected a psycopg Connection or AsyncConnection, got {type(conn).__name__}"
+    )

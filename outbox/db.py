@@ -1,0 +1,135 @@
+"""Runs database *plans* on sync or async psycopg connections: one core, two thin drivers.
+
+A plan is a generator that yields the statements it needs (``Statement``, or ``Copy`` to stream
+rows with COPY) and receives each one's rows; its return value is the result. The logic lives
+once, in the plan; :func:`run` and :func:`arun` only carry statements to a connection. Every
+psycopg error is turned into an OutboxError here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Coroutine, Generator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import errors as pg_errors
+
+from outbox.errors import ConfigurationError, DatabaseError, SchemaNotMigratedError
+
+__all__ = [
+    "AnyConnection",
+    "Copy",
+    "Plan",
+    "Rows",
+    "Statement",
+    "arun",
+    "execute",
+    "run",
+    "translate_error",
+]
+
+T = TypeVar("T")
+Rows = list[tuple[Any, ...]]
+AnyConnection = psycopg.Connection[Any] | psycopg.AsyncConnection[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    """One statement of a plan: SQL from ``queries`` and its parameters."""
+
+    query: bytes
+    params: Sequence[Any] | Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Copy:
+    """A ``COPY … FROM STDIN`` of a plan, with the rows to stream; it receives no rows."""
+
+    query: bytes
+    rows: Sequence[Sequence[Any]]
+
+
+Plan = Generator[Statement | Copy, Rows, T]
+
+_NOT_MIGRATED = (
+    pg_errors.UndefinedTable,
+    pg_errors.UndefinedFunction,
+    pg_errors.InvalidSchemaName,
+    pg_errors.UndefinedObject,
+    pg_errors.UndefinedColumn,
+)
+
+
+def translate_error(exc: psycopg.Error) -> Exception:
+    """Return the OutboxError that stands for a psycopg error (raise it ``from exc``)."""
+    if isinstance(exc, _NOT_MIGRATED):
+        return SchemaNotMigratedError(
+            f"{SchemaNotMigratedError.__doc__} (the database said: {exc.diag.message_primary})"
+        )
+    if isinstance(exc, psycopg.OperationalError) and exc.sqlstate is None:
+        return DatabaseError(
+            f"cannot reach the database: {str(exc).strip()}. Check the DSN and that Postgres is up."
+        )
+    message = exc.diag.message_primary or str(exc).strip()
+    return DatabaseError(f"the database refused the operation: {message}", sqlstate=exc.sqlstate)
+
+
+def _rows(cursor: psycopg.Cursor[Any] | psycopg.AsyncCursor[Any]) -> Rows:
+    return [] if cursor.description is None else cursor.fetchall()  # type: ignore[return-value]
+
+
+def run(conn: psycopg.Connection[Any], plan: Plan[T]) -> T:
+    """Carry out ``plan`` on a sync connection."""
+    try:
+        statement = next(plan)
+        while True:
+            with conn.cursor() as cursor:
+                try:
+                    if isinstance(statement, Copy):
+                        with cursor.copy(statement.query) as copy:
+                            for row in statement.rows:
+                                copy.write_row(row)
+                        rows: Rows = []
+                    else:
+                        cursor.execute(statement.query, statement.params)
+                        rows = _rows(cursor)
+                except psycopg.Error as exc:
+                    raise translate_error(exc) from exc
+            statement = plan.send(rows)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+
+
+async def arun(conn: psycopg.AsyncConnection[Any], plan: Plan[T]) -> T:
+    """Carry out ``plan`` on an async connection."""
+    try:
+        statement = next(plan)
+        while True:
+            async with conn.cursor() as cursor:
+                try:
+                    if isinstance(statement, Copy):
+                        async with cursor.copy(statement.query) as copy:
+                            for row in statement.rows:
+                                await copy.write_row(row)
+                        rows: Rows = []
+                    else:
+                        await cursor.execute(statement.query, statement.params)
+                        rows = [] if cursor.description is None else await cursor.fetchall()
+                except psycopg.Error as exc:
+                    raise translate_error(exc) from exc
+            statement = plan.send(rows)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+
+
+def execute(conn: AnyConnection, plan: Plan[T]) -> T | Coroutine[Any, Any, T]:
+    """Carry out ``plan`` on ``conn``: the result, or for an async connection an awaitable of it."""
+    if isinstance(conn, psycopg.AsyncConnection):
+        return arun(conn, plan)
+    if isinstance(conn, psycopg.Connection):
+        return run(conn, plan)
+    plan.close()
+    raise ConfigurationError(
+        f"expected a psycopg Connection or AsyncConnection, got {type(conn).__name__}"
+    )

@@ -1,0 +1,116 @@
+"""``outbox demo``: orders and their receipt jobs written in one transaction, then run.
+
+Without a DSN it starts an embedded Postgres (``pip install 'outbox[embedded]'``). With one,
+it works in the schema ``outbox_demo``, which it creates and leaves for you to look at.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+import psycopg
+import typer
+from psycopg_pool import AsyncConnectionPool
+
+from outbox.client import Outbox
+from outbox.errors import RetryableError
+from outbox.models import FINAL_STATES, Job
+from outbox.mux import HandlerMux
+from outbox.runner import Runner
+
+__all__ = ["main"]
+
+SCHEMA = "outbox_demo"
+ORDERS = 5
+
+_CREATE_ORDERS = b"""
+CREATE TABLE IF NOT EXISTS outbox_demo.orders (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    email text NOT NULL,
+    total_cents integer NOT NULL,
+    receipt_sent_at timestamptz
+)"""
+_INSERT_ORDER = b"INSERT INTO outbox_demo.orders (email, total_cents) VALUES (%s, %s) RETURNING id"
+_MARK_SENT = b"UPDATE outbox_demo.orders SET receipt_sent_at = now() WHERE id = %s"
+
+
+def _say(message: str) -> None:
+    typer.echo(message)
+
+
+def _mux(pool: AsyncConnectionPool[Any]) -> HandlerMux:
+    mux = HandlerMux()
+    tries: dict[int, int] = {}
+
+    @mux.register("orders.send_receipt")
+    async def send_receipt(job: Job) -> dict[str, Any]:
+        order_id = job.payload["order_id"]
+        tries[order_id] = tries.get(order_id, 0) + 1
+        if order_id % 3 == 0 and tries[order_id] == 1:
+            # A flaky mail server: the first attempt fails and is retried shortly.
+            raise RetryableError("mail server busy", retry_after=0.2)
+        async with pool.connection() as conn:
+            await conn.execute(_MARK_SENT, (order_id,))
+        _say(f"  handler: receipt for order {order_id} sent to {job.payload['email']}")
+        return {"sent_to": job.payload["email"], "attempt": job.attempts}
+
+    return mux
+
+
+async def _place_orders(conn: psycopg.AsyncConnection[Any], ob: Outbox) -> None:
+    for n in range(1, ORDERS + 1):
+        email = f"customer{n}@example.com"
+        async with conn.transaction():
+            cursor = await conn.execute(_INSERT_ORDER, (email, 1000 * n))
+            row = await cursor.fetchone()
+            assert row is not None
+            job_id = await ob.enqueue(
+                conn, "orders.send_receipt", {"order_id": row[0], "email": email}
+            )
+        _say(f"order {row[0]} and job {job_id} committed in one transaction")
+    with contextlib.suppress(ValueError):
+        async with conn.transaction():
+            cursor = await conn.execute(_INSERT_ORDER, ("nobody@example.com", 1))
+            row = await cursor.fetchone()
+            assert row is not None
+            await ob.enqueue(conn, "orders.send_receipt", {"order_id": row[0], "email": "-"})
+            raise ValueError("payment declined")
+    _say("a declined order was rolled back: neither the order nor its job exists")
+
+
+async def _demo(dsn: str) -> None:
+    ob = Outbox(schema=SCHEMA)
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        await ob.migrate(conn)
+        await conn.execute(_CREATE_ORDERS)
+        await _place_orders(conn, ob)
+        async with AsyncConnectionPool(dsn, min_size=1, max_size=4, open=False) as pool:
+            runner = Runner(_mux(pool), pool=pool, outbox=ob, concurrency=4, lease_seconds=5)
+            task = asyncio.create_task(runner.run())
+            _say("runner started")
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+                stats = await ob.stats(conn)
+                if sum(stats.totals[s] for s in FINAL_STATES) >= ORDERS:
+                    break
+            runner.stop()
+            await task
+        jobs = await ob.list_jobs(conn, kind="orders.send_receipt", limit=ORDERS)
+    _say("\njob  state      attempts  result")
+    for job in sorted(jobs, key=lambda j: j.id):
+        _say(f"{job.id:<4} {job.state.value:<10} {job.attempts:<9} {job.result}")
+
+
+def main(dsn: str | None) -> None:
+    """Run the demo against ``dsn``, or an embedded Postgres when it is None."""
+    with contextlib.ExitStack() as stack:
+        if not dsn:
+            from outbox.embedded import embedded_postgres
+
+            _say("no OUTBOX_DSN given: starting an embedded Postgres")
+            dsn = stack.enter_context(embedded_postgres())
+        asyncio.run(_demo(dsn))

@@ -1,0 +1,299 @@
+"""Enqueue plans: validate a job completely in Python, then write it in the caller's transaction.
+
+Validation happens before any statement is sent, so a refused job leaves the caller's
+transaction usable.
+"""
+
+from __future__ import annotations
+
+import functools
+import numbers
+import re
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from typing import Any, Literal, NamedTuple
+
+import orjson
+from pydantic import BaseModel
+
+from outbox import queries
+from outbox.db import Copy, Plan, Statement
+from outbox.errors import (
+    DuplicateJobError,
+    InvalidJobError,
+    InvalidOptionError,
+    PayloadTooLargeError,
+    UnserializablePayloadError,
+)
+from outbox.models import NewJob
+from outbox.safety import sanitize_kind, sanitize_queue
+
+__all__ = [
+    "DEFAULT_MAX_ATTEMPTS",
+    "DEFAULT_QUEUE",
+    "MAX_DELAY_SECONDS",
+    "IfExists",
+    "JobRow",
+    "enqueue_many_plan",
+    "enqueue_plan",
+    "prepare",
+    "prepare_many",
+]
+
+DEFAULT_MAX_ATTEMPTS = 20
+"""Attempts before a job is failed: with the default backoff, about a day of retries."""
+
+DEFAULT_QUEUE = "default"
+"""The queue of a job enqueued without one."""
+
+UNIQUE_KEY_MAX_BYTES = 512
+"""Longest unique_key: it lives in a btree index, whose entries must stay small."""
+
+MAX_DELAY_SECONDS = 1000 * 365.25 * 86400
+"""Longest delay, 1000 years: far beyond any schedule, well inside Postgres's timestamp range."""
+
+IfExists = Literal["return", "raise"]
+
+_INT4_MAX = 2**31 - 1
+# A NUL escape not itself escaped: Postgres's jsonb cannot store U+0000.
+_NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+
+
+class JobRow(NamedTuple):
+    """A validated job, ready to insert (a tuple: bulk enqueue makes many)."""
+
+    kind: str
+    queue: str
+    payload: str
+    priority: int
+    max_attempts: int
+    run_at: datetime | None
+    delay: float
+    unique_key: str | None
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def dump_payload(payload: Any, limit: int) -> str:
+    """Serialize a payload to JSON text, refusing what Postgres's jsonb cannot hold."""
+    if payload is None:
+        return "{}"
+    try:
+        # isinstance against pydantic's metaclass is slow: plain containers skip it.
+        if type(payload) not in (dict, list) and isinstance(payload, BaseModel):
+            data = payload.__pydantic_serializer__.to_json(payload)
+        else:
+            data = orjson.dumps(payload, default=_jsonable)
+    except (TypeError, ValueError, orjson.JSONEncodeError) as exc:
+        raise UnserializablePayloadError(
+            f"the payload cannot be serialized to JSON: {exc}. Pass a dict, a list, a pydantic "
+            "model or anything orjson serializes."
+        ) from exc
+    if len(data) > limit:
+        raise PayloadTooLargeError(
+            f"the payload is {len(data)} bytes, over the limit of {limit} bytes: enqueue a "
+            "reference to large data instead, or raise max_payload_bytes"
+        )
+    if b"\\u0000" in data and _NUL_ESCAPE.search(data):
+        raise UnserializablePayloadError(
+            "the payload contains the character U+0000, which Postgres's jsonb cannot store"
+        )
+    return data.decode()
+
+
+@functools.lru_cache(maxsize=1024)
+def _cached_kind(kind: str) -> str:
+    return sanitize_kind(kind)
+
+
+def _kind(kind: str) -> str:
+    # Only a str reaches the cache: an unhashable kind would raise TypeError there.
+    return _cached_kind(kind) if isinstance(kind, str) else sanitize_kind(kind)
+
+
+@functools.lru_cache(maxsize=1024)
+def _cached_queue(queue: str, declared: frozenset[str] | None) -> str:
+    return sanitize_queue(queue, declared)
+
+
+def _queue(queue: str | None, declared: frozenset[str] | None) -> str:
+    if queue is None:
+        queue = DEFAULT_QUEUE
+    return _cached_queue(queue, declared) if isinstance(queue, str) else sanitize_queue(queue)
+
+
+def _is_int(value: object) -> bool:
+    return type(value) is int or (isinstance(value, int) and not isinstance(value, bool))
+
+
+def _delay_seconds(delay: timedelta | float | None) -> float:
+    if delay is None:
+        return 0.0
+    if isinstance(delay, timedelta):
+        seconds = delay.total_seconds()
+    elif isinstance(delay, numbers.Real) and not isinstance(delay, bool):
+        seconds = float(delay)
+    else:
+        raise InvalidOptionError(
+            f"delay must be a timedelta or a number of seconds, got {type(delay).__name__}"
+        )
+    # Refuses NaN and infinity too; the bound keeps run_at inside the timestamp range.
+    if not 0 <= seconds <= MAX_DELAY_SECONDS:
+        raise InvalidOptionError(
+            f"delay must be from 0 to {MAX_DELAY_SECONDS:.0f} seconds, got {delay!r}"
+        )
+    return seconds
+
+
+def prepare(
+    kind: str,
+    payload: Any = None,
+    *,
+    run_at: datetime | None = None,
+    delay: timedelta | float | None = None,
+    max_attempts: int | None = None,
+    priority: int = 0,
+    queue: str | None = None,
+    unique_key: str | None = None,
+    max_payload_bytes: int,
+    queues: frozenset[str] | None,
+) -> JobRow:
+    """Validate one job's fields; raise an InvalidJobError for the first bad one."""
+    if run_at is not None:
+        if delay is not None:
+            raise InvalidOptionError("give run_at or delay, not both")
+        if not isinstance(run_at, datetime) or run_at.utcoffset() is None:
+            raise InvalidOptionError(f"run_at must be a timezone-aware datetime, got {run_at!r}")
+    attempts = DEFAULT_MAX_ATTEMPTS if max_attempts is None else max_attempts
+    if not (_is_int(attempts) and 1 <= attempts <= _INT4_MAX):
+        raise InvalidOptionError(f"max_attempts must be an int of at least 1, got {max_attempts!r}")
+    if not (_is_int(priority) and -32768 <= priority <= 32767):
+        raise InvalidOptionError(f"priority must be an int from -32768 to 32767, got {priority!r}")
+    if unique_key is not None and (
+        not isinstance(unique_key, str)
+        or not unique_key
+        or len(unique_key.encode("utf-8", "replace")) > UNIQUE_KEY_MAX_BYTES
+        or "\x00" in unique_key
+    ):
+        raise InvalidOptionError(
+            f"unique_key must be a non-empty str of at most {UNIQUE_KEY_MAX_BYTES} bytes"
+        )
+    return JobRow(
+        _kind(kind),
+        _queue(queue, queues),
+        dump_payload(payload, max_payload_bytes),
+        priority,
+        attempts,
+        run_at,
+        _delay_seconds(delay),
+        unique_key,
+    )
+
+
+def enqueue_plan(schema: str, job: JobRow, if_exists: IfExists) -> Plan[int]:
+    """Insert one job; for a live unique_key, return the existing job's id (or raise)."""
+    insert = queries.query("insert_job", schema)
+    params = (
+        job.kind,
+        job.queue,
+        job.payload,
+        job.priority,
+        job.max_attempts,
+        job.run_at,
+        job.delay,
+        job.unique_key,
+    )
+    while True:
+        rows = yield Statement(insert, params)
+        if rows:
+            return int(rows[0][0])
+        rows = yield Statement(
+            queries.query("live_job_by_unique_key", schema), (job.kind, job.unique_key)
+        )
+        if rows:
+            existing = int(rows[0][0])
+            if if_exists == "raise":
+                raise DuplicateJobError(
+                    f"job {existing} of kind {job.kind!r} with this unique_key is not finished",
+                    existing_id=existing,
+                )
+            return existing
+        # The live job finished between the two statements: insert again.
+
+
+def prepare_many(
+    jobs: Iterable[NewJob], *, max_payload_bytes: int, queues: frozenset[str] | None
+) -> list[JobRow]:
+    """Validate every job; nothing is written unless all are valid."""
+    rows = []
+    for index, job in enumerate(jobs):
+        if not isinstance(job, NewJob):
+            raise InvalidOptionError(f"job {index} is a {type(job).__name__}, expected NewJob")
+        try:
+            rows.append(
+                prepare(
+                    job.kind,
+                    job.payload,
+                    run_at=job.run_at,
+                    delay=job.delay,
+                    max_attempts=job.max_attempts,
+                    priority=job.priority,
+                    queue=job.queue,
+                    unique_key=job.unique_key,
+                    max_payload_bytes=max_payload_bytes,
+                    queues=queues,
+                )
+            )
+        except InvalidJobError as exc:
+            raise type(exc)(f"job {index}: {exc}") from None
+    return rows
+
+
+def enqueue_many_plan(schema: str, rows: list[JobRow]) -> Plan[list[int]]:
+    """Insert many jobs; returns the new ids in order.
+
+    Without unique keys the rows stream in with COPY, after one statement that reserves their
+    ids and reads the database's clock. With unique keys they go in one INSERT … ON CONFLICT: a
+    job whose (kind, unique_key) matches a live job is skipped, and has no id in the result.
+    """
+    if not rows:
+        return []
+    if all(r.unique_key is None for r in rows):
+        return (yield from _copy_jobs(schema, rows))
+    columns = (
+        [r.kind for r in rows],
+        [r.queue for r in rows],
+        [r.payload for r in rows],
+        [r.priority for r in rows],
+        [r.max_attempts for r in rows],
+        [r.run_at for r in rows],
+        [r.delay for r in rows],
+        [r.unique_key for r in rows],
+    )
+    result = yield Statement(queries.query("insert_jobs", schema), columns)
+    return sorted(int(row[0]) for row in result)
+
+
+def _copy_jobs(schema: str, rows: list[JobRow]) -> Plan[list[int]]:
+    reserved = yield Statement(queries.query("reserve_job_ids", schema), (len(rows),))
+    now, first, last, scattered = reserved[0]
+    ids: list[int] = list(range(first, last + 1)) if scattered is None else scattered
+    data: list[tuple[Any, ...]]
+    if all(r.run_at is None and not r.delay for r in rows):
+        data = [
+            (i, r.kind, r.queue, r.payload, r.priority, r.max_attempts)
+            for i, r in zip(ids, rows, strict=True)
+        ]
+        yield Copy(queries.query("copy_jobs_now", schema), data)
+        return ids
+    data = [
+        (i, r.kind, r.queue, r.payload, r.priority, r.max_attempts,
+         r.run_at or (now + timedelta(seconds=r.delay) if r.delay else now))
+        for i, r in zip(ids, rows, strict=True)
+    ]  # fmt: skip
+    yield Copy(queries.query("copy_jobs", schema), data)
+    return ids

@@ -1,0 +1,104 @@
+"""The typed shapes of outbox data: job states, jobs, new jobs and statistics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["FINAL_STATES", "Job", "JobState", "KindStats", "NewJob", "Stats"]
+
+
+class JobState(str, Enum):
+    """Where a job is in its life. A ``str``, so ``job.state == "pending"`` holds."""
+
+    PENDING = "pending"
+    """Waiting: runnable now, scheduled for later, or waiting for a retry."""
+    RUNNING = "running"
+    """Leased by a runner, which is running its handler."""
+    SUCCEEDED = "succeeded"
+    """The handler returned."""
+    FAILED = "failed"
+    """Attempts exhausted: the dead letter."""
+    DISCARDED = "discarded"
+    """Not retryable: the handler raised PermanentError or the payload was malformed."""
+    CANCELLED = "cancelled"
+    """Cancelled by ``cancel()`` before it could finish."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+FINAL_STATES = frozenset(
+    {JobState.SUCCEEDED, JobState.FAILED, JobState.DISCARDED, JobState.CANCELLED}
+)
+"""States a job never leaves (except by an explicit retry)."""
+
+
+class Job(BaseModel):
+    """One job as stored: what ``get_job`` returns and what a handler receives."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: int
+    kind: str
+    queue: str
+    payload: Any
+    state: JobState
+    priority: int
+    attempts: int
+    max_attempts: int
+    run_at: datetime
+    created_at: datetime
+    finished_at: datetime | None = None
+    leased_until: datetime | None = None
+    leased_by: str | None = None
+    last_error: str | None = None
+    errors: list[dict[str, Any]] = Field(default_factory=list)
+    """The last errors, oldest first: ``{"attempt": n, "at": iso time, "error": message}``."""
+    unique_key: str | None = None
+    result: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """One job for ``enqueue_many``: the same fields as ``enqueue``'s arguments.
+
+    A plain dataclass, not a pydantic model: bulk enqueue builds many of them, and enqueue
+    validates every field anyway.
+    """
+
+    kind: str
+    payload: Any = None
+    run_at: datetime | None = None
+    delay: timedelta | float | None = None
+    max_attempts: int | None = None
+    priority: int = 0
+    queue: str | None = None
+    unique_key: str | None = None
+
+
+class KindStats(BaseModel):
+    """Job counts for one (queue, kind) pair."""
+
+    model_config = ConfigDict(frozen=True)
+
+    queue: str
+    kind: str
+    counts: dict[JobState, int]
+    """Jobs per state; every state is present, zero when there are none."""
+    oldest_runnable_age: timedelta | None
+    """How long the oldest runnable pending job has waited, or None when none is runnable."""
+
+
+class Stats(BaseModel):
+    """What ``stats()`` returns: counts per queue and kind, and totals."""
+
+    model_config = ConfigDict(frozen=True)
+
+    by_kind: list[KindStats]
+    totals: dict[JobState, int]
+    oldest_runnable_age: timedelta | None

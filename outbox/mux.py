@@ -1,0 +1,127 @@
+"""``HandlerMux``: which handler runs a job, chosen by the job's sanitized kind.
+
+A handler takes the leased :class:`~outbox.models.Job` and returns a JSON-serializable result
+(stored with the job) or None. A plain ``def`` runs in a worker thread; an ``async def`` runs
+on the runner's event loop and must not block it.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar, overload
+
+from pydantic import BaseModel
+
+from outbox.backoff import Backoff
+from outbox.errors import ConfigurationError, HandlerNotFoundError
+from outbox.models import Job
+from outbox.safety import sanitize_kind
+
+__all__ = ["Handler", "HandlerMux", "Route"]
+
+Handler = Callable[[Job], Any] | Callable[[Job], Awaitable[Any]]
+H = TypeVar("H", bound=Handler)
+
+
+@dataclass(frozen=True)
+class Route:
+    """One registered kind: its handler and the rules for running it."""
+
+    kind: str
+    handler: Handler
+    is_async: bool
+    timeout: float | None = None
+    """Seconds an attempt may take; over it, the attempt fails (and is retried)."""
+    backoff: Backoff | None = None
+    """This kind's retry delays; None means the runner's."""
+    payload_model: type[BaseModel] | None = None
+    """When set, the payload is validated into this model; a payload that fails is discarded."""
+
+
+def _is_async(handler: Handler) -> bool:
+    call = getattr(handler, "__call__", None)  # noqa: B004 - callable objects with async __call__
+    return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(call)
+
+
+class HandlerMux:
+    """Routes jobs to handlers by kind. A runner leases only the kinds its mux has."""
+
+    def __init__(self) -> None:
+        self._routes: dict[str, Route] = {}
+
+    @overload
+    def register(
+        self,
+        kind: str,
+        handler: H,
+        *,
+        timeout: float | None = None,
+        backoff: Backoff | None = None,
+        payload: type[BaseModel] | None = None,
+    ) -> H: ...
+    @overload
+    def register(
+        self,
+        kind: str,
+        handler: None = None,
+        *,
+        timeout: float | None = None,
+        backoff: Backoff | None = None,
+        payload: type[BaseModel] | None = None,
+    ) -> Callable[[H], H]: ...
+    def register(
+        self,
+        kind: str,
+        handler: H | None = None,
+        *,
+        timeout: float | None = None,
+        backoff: Backoff | None = None,
+        payload: type[BaseModel] | None = None,
+    ) -> H | Callable[[H], H]:
+        """Register ``handler`` for ``kind``; without a handler, return a decorator.
+
+        ``kind`` passes the same sanitizer as enqueue; registering a kind twice raises
+        ConfigurationError. ``timeout`` bounds one attempt in seconds; ``backoff`` overrides
+        the runner's retry delays for this kind; ``payload`` is a pydantic model the payload
+        must validate into (the handler then sees the model as ``job.payload``).
+        """
+        if handler is None:
+
+            def decorator(fn: H) -> H:
+                return self.register(kind, fn, timeout=timeout, backoff=backoff, payload=payload)
+
+            return decorator
+        canonical = sanitize_kind(kind)
+        if canonical in self._routes:
+            raise ConfigurationError(f"a handler for kind {canonical!r} is already registered")
+        if not callable(handler):
+            raise ConfigurationError(f"the handler for {canonical!r} is not callable")
+        if timeout is not None and not timeout > 0:
+            raise ConfigurationError(f"timeout must be > 0 seconds, got {timeout!r}")
+        if payload is not None and not (
+            isinstance(payload, type) and issubclass(payload, BaseModel)
+        ):
+            raise ConfigurationError("payload must be a pydantic model class")
+        self._routes[canonical] = Route(
+            canonical, handler, _is_async(handler), timeout, backoff, payload
+        )
+        return handler
+
+    def kinds(self) -> list[str]:
+        """The registered kinds, sorted."""
+        return sorted(self._routes)
+
+    def route(self, kind: str) -> Route:
+        """The route for ``kind``; HandlerNotFoundError when none is registered."""
+        try:
+            return self._routes[kind]
+        except KeyError:
+            raise HandlerNotFoundError(f"no handler is registered for kind {kind!r}") from None
+
+    def __contains__(self, kind: object) -> bool:
+        return kind in self._routes
+
+    def __len__(self) -> int:
+        return len(self._routes)

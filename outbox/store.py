@@ -1,0 +1,363 @@
+"""The runner's storage: the ``Store`` protocol and ``PgStore``, which issues every statement.
+
+A lease is identified by (job id, attempts, runner id); every write after the lease checks it,
+so a runner that lost a lease can never overwrite the outcome another runner recorded.
+``outbox.testing`` holds an in-memory store and the contract every store must pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, NamedTuple, Protocol, runtime_checkable
+
+import orjson
+import psycopg
+from psycopg.types.json import set_json_loads
+from psycopg_pool import AsyncConnectionPool
+
+from outbox import queries
+from outbox.admin import prune_plan
+from outbox.db import Plan, Rows, Statement, arun, run
+from outbox.errors import ConfigurationError, DatabaseError
+from outbox.migrations import check_schema
+from outbox.observe import get_logger
+from outbox.safety import safe_failure_message
+
+__all__ = ["POOL_SIZE", "Leased", "Outcome", "PgStore", "Store", "heartbeat_plan"]
+
+POOL_SIZE = 2
+"""Connections in a PgStore's own pool: lease and record overlap; a third would sit idle.
+With the LISTEN and heartbeat connections, a runner on a DSN holds at most POOL_SIZE + 2."""
+
+RECONNECT_MAX_DELAY = 5.0
+"""Longest wait between attempts to reach a database that stopped answering."""
+
+
+class Leased(NamedTuple):
+    """A job as a lease returns it."""
+
+    id: int
+    kind: str
+    queue: str
+    payload: Any
+    priority: int
+    attempts: int
+    max_attempts: int
+    run_at: datetime
+    created_at: datetime
+    unique_key: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The end of one attempt, as it is written."""
+
+    id: int
+    attempts: int
+    state: str
+    """succeeded, pending (a retry), failed or discarded."""
+    delay: float = 0.0
+    """Seconds to the retry, for pending."""
+    error: str | None = None
+    """The bounded failure message (None on success)."""
+    result: str | None = None
+    """The handler's result as JSON text, for succeeded."""
+
+
+@runtime_checkable
+class Store(Protocol):
+    """What a runner needs from storage. ``outbox.testing.StoreContract`` states the rules."""
+
+    async def open(self) -> None:
+        """Connect, and check that the storage is ready (migrated)."""
+
+    async def close(self) -> None:
+        """Release what ``open`` took."""
+
+    async def lease(
+        self,
+        runner: str,
+        kinds: Sequence[str],
+        queues: Sequence[str] | None,
+        limit: int,
+        lease_seconds: float,
+    ) -> list[Leased]:
+        """Lease up to ``limit`` runnable jobs of these kinds (and queues; None is all).
+
+        Jobs are chosen, and returned, in lease order: priority (higher first), then run_at,
+        then id. Each leased job is running, its attempts grown by one, its lease held by
+        ``runner`` for ``lease_seconds``.
+        """
+
+    async def record(self, runner: str, outcomes: Sequence[Outcome]) -> set[int]:
+        """Write outcomes; return the ids whose lease (id, attempts, runner) was still held."""
+
+    def heartbeat(self, runner: str, ids: Sequence[int], lease_seconds: float) -> set[int]:
+        """Extend these leases; return those still held. Blocking: the heartbeat thread calls it."""
+
+    async def release(self, runner: str, ids: Sequence[int]) -> set[int]:
+        """Hand held jobs back as pending, giving back the attempt their lease took."""
+
+    async def rescue(self, limit: int) -> int:
+        """Retry (or fail, on their last attempt) up to ``limit`` jobs whose lease expired."""
+
+    async def prune(self, older_than: float) -> int:
+        """Delete jobs finished more than ``older_than`` seconds ago; return how many."""
+
+    def notifications(self) -> AsyncIterator[None]:
+        """Yield whenever new jobs may be runnable (it may never yield: runners also poll)."""
+
+
+def heartbeat_plan(
+    schema: str, runner_id: str, ids: Sequence[int], lease_seconds: float
+) -> Plan[set[int]]:
+    """Extend these leases; return the ids still held (the rest were lost or cancelled)."""
+    params = {"ids": list(ids), "lease_seconds": lease_seconds, "runner": runner_id}
+    rows = yield Statement(queries.query("heartbeat", schema), params)
+    return {row[0] for row in rows}
+
+
+def _lease_order(job: Leased) -> tuple[int, datetime, int]:
+    return (-job.priority, job.run_at, job.id)
+
+
+def _one(query: bytes, params: Any = None) -> Plan[Rows]:
+    rows = yield Statement(query, params)
+    return rows
+
+
+class PgStore:
+    """The runner's statements on Postgres, for one schema.
+
+    With a ``dsn`` it opens its own pool of POOL_SIZE connections; with a ``pool`` it borrows
+    from yours. Either way it opens one connection for LISTEN and one for heartbeats, named
+    ``application_name`` in ``pg_stat_activity``. On its own pool, writes skip the WAL flush
+    wait unless ``synchronous_commit`` is True (see the README's guarantees).
+    """
+
+    def __init__(
+        self,
+        *,
+        schema: str,
+        dsn: str | None = None,
+        pool: AsyncConnectionPool[Any] | None = None,
+        application_name: str = "outbox",
+        synchronous_commit: bool = False,
+    ) -> None:
+        if (dsn is None) == (pool is None):
+            raise ConfigurationError("give the store a dsn or a pool (one of them)")
+        if dsn is not None:
+            try:
+                psycopg.conninfo.conninfo_to_dict(dsn)
+            except psycopg.ProgrammingError as exc:
+                raise ConfigurationError(f"invalid DSN: {exc}") from None
+        self.schema = queries.check_schema_name(schema)
+        self._dsn = dsn
+        self._given_pool = pool
+        self._pool: AsyncConnectionPool[Any] | None = pool
+        self._application_name = application_name[:63]
+        self._synchronous_commit = synchronous_commit
+        self._conninfo = ""
+        self._connect_kwargs: dict[str, Any] = {}
+        self._heartbeat_conn: psycopg.Connection[Any] | None = None
+        self._log = get_logger()
+
+    @property
+    def pool(self) -> AsyncConnectionPool[Any]:
+        """The pool statements run on (open only between ``open`` and ``close``)."""
+        if self._pool is None:
+            raise ConfigurationError("the store is not open")
+        return self._pool
+
+    async def open(self) -> None:
+        """Open the pool when it is ours, and check the schema's version."""
+        self._conninfo, self._connect_kwargs = await self._connect_params()
+        if self._given_pool is None:
+            # One plain attempt first: a dead server or a wrong password fails now, with
+            # Postgres's own words, instead of after the pool's retries time out.
+            try:
+                probe = await psycopg.AsyncConnection.connect(
+                    self._conninfo, connect_timeout=10, **self._connect_kwargs
+                )
+            except psycopg.Error as exc:
+                raise DatabaseError(
+                    f"cannot connect to the database: {safe_failure_message(exc)}. "
+                    "Check the DSN and that Postgres is up."
+                ) from exc
+            await probe.close()
+
+            async def configure(conn: psycopg.AsyncConnection[Any]) -> None:
+                set_json_loads(orjson.loads, conn)
+                if not self._synchronous_commit:
+                    # The runner's bookkeeping need not wait for the WAL flush: a database crash
+                    # can forget its last writes, and those jobs run again, as after a runner
+                    # crash. Enqueues keep the durability of the caller's own transaction.
+                    await conn.execute(b"SET synchronous_commit = off")
+
+            self._pool = AsyncConnectionPool(
+                self._conninfo,
+                min_size=1,
+                max_size=POOL_SIZE,
+                kwargs={"autocommit": True, **self._connect_kwargs},
+                configure=configure,
+                open=False,
+                name=self._application_name,
+            )
+            try:
+                await self._pool.open(wait=True, timeout=10)
+            except Exception as exc:
+                await self._pool.close()
+                self._pool = None
+                raise DatabaseError(
+                    f"cannot connect to the database: {safe_failure_message(exc)}. "
+                    "Check the DSN and that Postgres is up."
+                ) from exc
+        async with self.pool.connection() as conn:
+            await arun(conn, check_schema(self.schema))
+
+    async def close(self) -> None:
+        """Close the pool when it is ours, and the heartbeat connection."""
+        if self._heartbeat_conn is not None:
+            self._heartbeat_conn.close()
+            self._heartbeat_conn = None
+        if self._given_pool is None and self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    async def _connect_params(self) -> tuple[str, dict[str, Any]]:
+        """Conninfo and options for the store's own connections."""
+        if self._dsn is not None:
+            return self._dsn, {"application_name": self._application_name}
+        pool = self.pool
+        conninfo: Any = pool.conninfo
+        kwargs: Any = pool.kwargs or {}
+        # psycopg_pool accepts callables (sync or async) for both.
+        if callable(conninfo):
+            conninfo = conninfo()
+        if inspect.isawaitable(conninfo):
+            conninfo = await conninfo
+        if callable(kwargs):
+            kwargs = kwargs()
+        if inspect.isawaitable(kwargs):
+            kwargs = await kwargs
+        kwargs = {k: v for k, v in dict(kwargs).items() if k != "autocommit"}
+        kwargs["application_name"] = self._application_name
+        return str(conninfo), kwargs
+
+    async def _execute(self, name: str, params: Any = None) -> Rows:
+        async with self.pool.connection() as conn:
+            return await arun(conn, _one(queries.query(name, self.schema), params))
+
+    async def lease(
+        self,
+        runner: str,
+        kinds: Sequence[str],
+        queues: Sequence[str] | None,
+        limit: int,
+        lease_seconds: float,
+    ) -> list[Leased]:
+        """Lease jobs with one ``UPDATE … FOR UPDATE SKIP LOCKED`` statement."""
+        rows = await self._execute(
+            "lease",
+            {
+                "kinds": list(kinds),
+                "queues": None if queues is None else list(queues),
+                "limit": limit,
+                "lease_seconds": lease_seconds,
+                "runner": runner,
+            },
+        )
+        leased = [Leased._make(row) for row in rows]
+        # UPDATE … RETURNING has no order of its own.
+        leased.sort(key=_lease_order)
+        return leased
+
+    async def record(self, runner: str, outcomes: Sequence[Outcome]) -> set[int]:
+        """Write outcomes: plain successes in one lean statement, the rest in another."""
+        plain = [o for o in outcomes if o.state == "succeeded" and o.result is None]
+        written: set[int] = set()
+        if plain:
+            rows = await self._execute(
+                "complete_jobs",
+                {
+                    "ids": [o.id for o in plain],
+                    "attempts": [o.attempts for o in plain],
+                    "runner": runner,
+                },
+            )
+            written.update(row[0] for row in rows)
+            if len(plain) == len(outcomes):
+                return written
+            outcomes = [o for o in outcomes if not (o.state == "succeeded" and o.result is None)]
+        rows = await self._execute(
+            "record_outcomes",
+            {
+                "ids": [o.id for o in outcomes],
+                "attempts": [o.attempts for o in outcomes],
+                "states": [o.state for o in outcomes],
+                "delays": [o.delay for o in outcomes],
+                "errors": [o.error for o in outcomes],
+                "results": [o.result for o in outcomes],
+                "runner": runner,
+            },
+        )
+        written.update(row[0] for row in rows)
+        return written
+
+    def heartbeat(self, runner: str, ids: Sequence[int], lease_seconds: float) -> set[int]:
+        """Extend leases on the store's own sync connection (the heartbeat thread's)."""
+        try:
+            if self._heartbeat_conn is None or self._heartbeat_conn.closed:
+                self._heartbeat_conn = psycopg.connect(
+                    self._conninfo, autocommit=True, connect_timeout=10, **self._connect_kwargs
+                )
+            return run(
+                self._heartbeat_conn, heartbeat_plan(self.schema, runner, ids, lease_seconds)
+            )
+        except psycopg.Error as exc:
+            if self._heartbeat_conn is not None:
+                self._heartbeat_conn.close()
+            self._heartbeat_conn = None
+            raise DatabaseError(f"heartbeat failed: {safe_failure_message(exc)}") from exc
+        except DatabaseError:
+            if self._heartbeat_conn is not None:
+                self._heartbeat_conn.close()
+            self._heartbeat_conn = None
+            raise
+
+    async def release(self, runner: str, ids: Sequence[int]) -> set[int]:
+        """Hand jobs back without spending their attempt."""
+        rows = await self._execute("release", {"ids": list(ids), "runner": runner})
+        return {row[0] for row in rows}
+
+    async def rescue(self, limit: int) -> int:
+        """Retry (or fail) jobs whose lease expired."""
+        return len(await self._execute("rescue", {"limit": limit}))
+
+    async def prune(self, older_than: float) -> int:
+        """Delete old finished jobs, batch by batch."""
+        async with self.pool.connection() as conn:
+            return await arun(conn, prune_plan(self.schema, older_than))
+
+    async def notifications(self) -> AsyncIterator[None]:
+        """LISTEN for new jobs on a connection of its own, reconnecting when it drops."""
+        delay = 0.1
+        listen = queries.query("listen", self.schema)
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                    self._conninfo, autocommit=True, **self._connect_kwargs
+                ) as conn:
+                    await conn.execute(listen)
+                    delay = 0.1
+                    yield  # notifications sent while we were away are lost: look now
+                    async for _ in conn.notifies():
+                        yield
+            except (psycopg.Error, OSError) as exc:
+                self._log.warning("store.listen_failed", error=safe_failure_message(exc))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RECONNECT_MAX_DELAY)

@@ -1,0 +1,495 @@
+"""Testing without a database: ``InMemoryStore``, and ``StoreContract``, the rules of a store.
+
+Unit-test handlers with the real runner and no Postgres::
+
+    store = InMemoryStore()
+    job_id = store.enqueue("emails.welcome", {"to": "ada@example.com"})
+    await drain(mux, store)
+    assert store.get_job(job_id).state == "succeeded"
+
+``StoreContract`` is the test suite every store passes (PgStore and InMemoryStore do, in
+outbox's own tests). Subclass it with ``open_store``, ``add`` and ``get``; its tests are plain
+methods that run their own event loop, so any test runner collects them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import orjson
+
+from outbox.client import Outbox
+from outbox.enqueuing import IfExists, prepare
+from outbox.errors import DuplicateJobError
+from outbox.models import FINAL_STATES, Job, JobState
+from outbox.mux import HandlerMux
+from outbox.runner import Runner
+from outbox.safety import ERROR_HISTORY_LIMIT
+from outbox.store import Leased, Outcome, Store
+
+__all__ = ["InMemoryStore", "StoreContract", "drain"]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class InMemoryStore:
+    """A Store in a dict, with the same rules as Postgres. Thread-safe; for tests only."""
+
+    def __init__(
+        self, *, outbox: Outbox | None = None, clock: Callable[[], datetime] = _utcnow
+    ) -> None:
+        self.outbox = outbox or Outbox()
+        self._clock = clock
+        self._jobs: dict[int, dict[str, Any]] = {}
+        self._next_id = 1
+        self._lock = threading.Lock()
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+
+    # -- the test's side ------------------------------------------------------------------
+
+    def enqueue(
+        self,
+        kind: str,
+        payload: Any = None,
+        *,
+        if_exists: IfExists = "return",
+        **options: Any,
+    ) -> int:
+        """Add a job with ``outbox.enqueue``'s options and validation; return its id."""
+        row = prepare(
+            kind,
+            payload,
+            max_payload_bytes=self.outbox.max_payload_bytes,
+            queues=self.outbox.queues,
+            **options,
+        )
+        now = self._clock()
+        with self._lock:
+            if row.unique_key is not None:
+                for job in self._jobs.values():
+                    live = job["state"] in (JobState.PENDING, JobState.RUNNING)
+                    if live and (job["kind"], job["unique_key"]) == (row.kind, row.unique_key):
+                        if if_exists == "raise":
+                            raise DuplicateJobError(existing_id=job["id"])
+                        return int(job["id"])
+            job_id = self._next_id
+            self._next_id += 1
+            self._jobs[job_id] = {
+                "id": job_id, "kind": row.kind, "queue": row.queue,
+                "payload": orjson.loads(row.payload), "state": JobState.PENDING,
+                "priority": row.priority, "attempts": 0, "max_attempts": row.max_attempts,
+                "run_at": row.run_at or now + timedelta(seconds=row.delay), "created_at": now,
+                "finished_at": None, "leased_until": None, "leased_by": None,
+                "last_error": None, "errors": [], "unique_key": row.unique_key, "result": None,
+            }  # fmt: skip
+        self._notify()
+        return job_id
+
+    def get_job(self, job_id: int) -> Job | None:
+        """The job with this id, or None."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            return None if job is None else Job.model_validate(job)
+
+    def jobs(self) -> list[Job]:
+        """Every job, oldest first."""
+        with self._lock:
+            return [Job.model_validate(job) for job in self._jobs.values()]
+
+    def _notify(self) -> None:
+        for loop, event in list(self._waiters):
+            with contextlib.suppress(RuntimeError):  # that loop is closed
+                loop.call_soon_threadsafe(event.set)
+
+    # -- the Store protocol -----------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Nothing to open."""
+
+    async def close(self) -> None:
+        """Nothing to close."""
+
+    async def lease(
+        self,
+        runner: str,
+        kinds: Sequence[str],
+        queues: Sequence[str] | None,
+        limit: int,
+        lease_seconds: float,
+    ) -> list[Leased]:
+        """Lease runnable jobs in (priority desc, run_at, id) order."""
+        now = self._clock()
+        with self._lock:
+            runnable = [
+                job
+                for job in self._jobs.values()
+                if job["state"] == JobState.PENDING
+                and job["run_at"] <= now
+                and job["kind"] in kinds
+                and (queues is None or job["queue"] in queues)
+            ]
+            runnable.sort(key=lambda j: (-j["priority"], j["run_at"], j["id"]))  # lease order
+            leased = []
+            for job in runnable[:limit]:
+                job.update(
+                    state=JobState.RUNNING,
+                    attempts=job["attempts"] + 1,
+                    leased_until=now + timedelta(seconds=lease_seconds),
+                    leased_by=runner,
+                )
+                leased.append(
+                    Leased(
+                        job["id"],
+                        job["kind"],
+                        job["queue"],
+                        job["payload"],
+                        job["priority"],
+                        job["attempts"],
+                        job["max_attempts"],
+                        job["run_at"],
+                        job["created_at"],
+                        job["unique_key"],
+                    )
+                )
+            return leased
+
+    def _held(self, runner: str, job_id: int, attempts: int | None = None) -> dict[str, Any] | None:
+        job = self._jobs.get(job_id)
+        if job is None or job["state"] != JobState.RUNNING or job["leased_by"] != runner:
+            return None
+        if attempts is not None and job["attempts"] != attempts:
+            return None
+        return job
+
+    @staticmethod
+    def _add_error(job: dict[str, Any], error: str, now: datetime) -> None:
+        job["last_error"] = error
+        entry = {"attempt": job["attempts"], "at": now.isoformat(), "error": error}
+        job["errors"] = [*job["errors"], entry][-ERROR_HISTORY_LIMIT:]
+
+    async def record(self, runner: str, outcomes: Sequence[Outcome]) -> set[int]:
+        """Write outcomes of leases still held."""
+        now = self._clock()
+        written = set()
+        with self._lock:
+            for outcome in outcomes:
+                job = self._held(runner, outcome.id, outcome.attempts)
+                if job is None:
+                    continue
+                state = JobState(outcome.state)
+                job.update(state=state, leased_until=None)
+                if state == JobState.PENDING:
+                    job["run_at"] = now + timedelta(seconds=outcome.delay)
+                else:
+                    job["finished_at"] = now
+                if state == JobState.SUCCEEDED and outcome.result is not None:
+                    job["result"] = orjson.loads(outcome.result)
+                if outcome.error is not None:
+                    self._add_error(job, outcome.error, now)
+                written.add(outcome.id)
+        return written
+
+    def heartbeat(self, runner: str, ids: Sequence[int], lease_seconds: float) -> set[int]:
+        """Extend the leases still held."""
+        until = self._clock() + timedelta(seconds=lease_seconds)
+        alive = set()
+        with self._lock:
+            for job_id in ids:
+                job = self._held(runner, job_id)
+                if job is not None:
+                    job["leased_until"] = until
+                    alive.add(job_id)
+        return alive
+
+    async def release(self, runner: str, ids: Sequence[int]) -> set[int]:
+        """Hand held jobs back, giving back their attempt."""
+        now = self._clock()
+        released = set()
+        with self._lock:
+            for job_id in ids:
+                job = self._held(runner, job_id)
+                if job is not None:
+                    job.update(
+                        state=JobState.PENDING,
+                        attempts=job["attempts"] - 1,
+                        leased_until=None,
+                        run_at=now,
+                    )
+                    released.add(job_id)
+        if released:
+            self._notify()
+        return released
+
+    async def rescue(self, limit: int) -> int:
+        """Retry, or fail on their last attempt, jobs whose lease expired."""
+        now = self._clock()
+        with self._lock:
+            expired = [
+                job
+                for job in self._jobs.values()
+                if job["state"] == JobState.RUNNING and job["leased_until"] < now
+            ]
+            expired.sort(key=lambda j: j["leased_until"])
+            for job in expired[:limit]:
+                last = job["attempts"] >= job["max_attempts"]
+                job.update(
+                    state=JobState.FAILED if last else JobState.PENDING,
+                    finished_at=now if last else None,
+                    run_at=now,
+                    leased_until=None,
+                )
+                message = f"LeaseExpired: runner {job['leased_by']} stopped renewing its lease"
+                self._add_error(job, message, now)
+            return len(expired[:limit])
+
+    async def prune(self, older_than: float) -> int:
+        """Delete jobs finished more than ``older_than`` seconds ago."""
+        cutoff = self._clock() - timedelta(seconds=older_than)
+        with self._lock:
+            old = [
+                job_id
+                for job_id, job in self._jobs.items()
+                if job["state"] in FINAL_STATES and job["finished_at"] < cutoff
+            ]
+            for job_id in old:
+                del self._jobs[job_id]
+            return len(old)
+
+    async def notifications(self) -> AsyncIterator[None]:
+        """Yield after each enqueue."""
+        event = asyncio.Event()
+        entry = (asyncio.get_running_loop(), event)
+        self._waiters.append(entry)
+        try:
+            while True:
+                await event.wait()
+                event.clear()
+                yield
+        finally:
+            self._waiters.remove(entry)
+
+
+async def drain(mux: HandlerMux, store: InMemoryStore, *, timeout: float = 10.0) -> None:
+    """Run every job that is runnable now (and their retries due within ``timeout``)."""
+    runner = Runner(mux, store=store, poll_interval=0.01, outbox=store.outbox)
+    task = asyncio.create_task(runner.run())
+    deadline = time.monotonic() + timeout
+    kinds = set(mux.kinds())
+    try:
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+            if task.done():
+                break
+            if all(j.state in FINAL_STATES for j in store.jobs() if j.kind in kinds):
+                break
+    finally:
+        runner.stop()
+        await task
+
+
+class StoreContract:
+    """The rules every Store follows. Subclass it and fill in the three hooks below."""
+
+    def open_store(self) -> contextlib.AbstractAsyncContextManager[Store]:
+        """An async context manager yielding an open, empty store."""
+        raise NotImplementedError
+
+    async def add(self, store: Store, kind: str, **options: Any) -> int:
+        """Enqueue a job in ``store`` with enqueue's options; return its id."""
+        raise NotImplementedError
+
+    async def get(self, store: Store, job_id: int) -> Job | None:
+        """Read a job back from ``store``."""
+        raise NotImplementedError
+
+    def check(self, body: Callable[[Store], Awaitable[None]]) -> None:
+        """Run ``body`` with a fresh store on an event loop of its own."""
+
+        async def main() -> None:
+            async with self.open_store() as store:
+                await body(store)
+
+        asyncio.run(main())
+
+    async def job(self, store: Store, job_id: int) -> Job:
+        """Read a job that must exist."""
+        job = await self.get(store, job_id)
+        assert job is not None, f"job {job_id} is gone"
+        return job
+
+    def test_lease_order_is_priority_then_run_at_then_id(self) -> None:
+        async def body(store: Store) -> None:
+            low = await self.add(store, "k", priority=0)
+            high = await self.add(store, "k", priority=5)
+            low2 = await self.add(store, "k", priority=0)
+            leased = await store.lease("r", ["k"], None, 10, 30)
+            assert [j.id for j in leased] == [high, low, low2]
+            assert await store.lease("r", ["k"], None, 10, 30) == []
+
+        self.check(body)
+
+    def test_lease_takes_at_most_the_limit_in_order(self) -> None:
+        async def body(store: Store) -> None:
+            ids = [await self.add(store, "k", priority=p) for p in (1, 3, 2)]
+            leased = await store.lease("r", ["k"], None, 2, 30)
+            assert sorted(j.id for j in leased) == sorted([ids[1], ids[2]])
+
+        self.check(body)
+
+    def test_lease_skips_jobs_scheduled_later(self) -> None:
+        async def body(store: Store) -> None:
+            await self.add(store, "k", delay=3600)
+            assert await store.lease("r", ["k"], None, 10, 30) == []
+
+        self.check(body)
+
+    def test_lease_filters_by_kind_and_queue(self) -> None:
+        async def body(store: Store) -> None:
+            a = await self.add(store, "a", queue="q1")
+            await self.add(store, "b", queue="q1")
+            await self.add(store, "a", queue="q2")
+            leased = await store.lease("r", ["a"], ["q1"], 10, 30)
+            assert [j.id for j in leased] == [a]
+
+        self.check(body)
+
+    def test_leased_job_is_running_with_an_attempt_spent(self) -> None:
+        async def body(store: Store) -> None:
+            job_id = await self.add(store, "k", payload={"n": 1})
+            [leased] = await store.lease("r", ["k"], None, 10, 30)
+            assert (leased.id, leased.attempts, leased.payload) == (job_id, 1, {"n": 1})
+            job = await self.job(store, job_id)
+            assert job.state == JobState.RUNNING
+            assert job.leased_by == "r"
+            assert await store.lease("other", ["k"], None, 10, 30) == []
+
+        self.check(body)
+
+    def test_success_is_written_only_with_the_lease(self) -> None:
+        async def body(store: Store) -> None:
+            job_id = await self.add(store, "k")
+            await store.lease("r", ["k"], None, 10, 30)
+            assert await store.record("other", [Outcome(job_id, 1, "succeeded")]) == set()
+            assert await store.record("r", [Outcome(job_id, 2, "succeeded")]) == set()
+            done = await store.record("r", [Outcome(job_id, 1, "succeeded", result='{"x": 1}')])
+            assert done == {job_id}
+            job = await self.job(store, job_id)
+            assert (job.state, job.result) == (JobState.SUCCEEDED, {"x": 1})
+            assert job.finished_at is not None
+            assert await store.record("r", [Outcome(job_id, 1, "failed", error="late")]) == set()
+
+        self.check(body)
+
+    def test_retry_waits_its_delay_and_keeps_the_error(self) -> None:
+        async def body(store: Store) -> None:
+            job_id = await self.add(store, "k")
+            await store.lease("r", ["k"], None, 10, 30)
+            retry = Outcome(job_id, 1, "pending", delay=0.3, error="ValueError: x")
+            await store.record("r", [retry])
+            job = await self.job(store, job_id)
+            assert (job.state, job.last_error, job.finished_at) == (
+                "pending",
+                "ValueError: x",
+                None,
+            )
+            assert [e["attempt"] for e in job.errors] == [1]
+            assert await store.lease("r", ["k"], None, 10, 30) == []
+            await asyncio.sleep(0.4)
+            [again] = await store.lease("r", ["k"], None, 10, 30)
+            assert again.attempts == 2
+
+        self.check(body)
+
+    def test_failed_and_discarded_are_final(self) -> None:
+        async def body(store: Store) -> None:
+            a = await self.add(store, "k")
+            b = await self.add(store, "k")
+            await store.lease("r", ["k"], None, 10, 30)
+            await store.record(
+                "r",
+                [Outcome(a, 1, "failed", error="E: a"), Outcome(b, 1, "discarded", error="E: b")],
+            )
+            assert (await self.job(store, a)).state == JobState.FAILED
+            assert (await self.job(store, b)).state == JobState.DISCARDED
+            assert (await self.job(store, b)).last_error == "E: b"
+            assert await store.lease("r", ["k"], None, 10, 30) == []
+
+        self.check(body)
+
+    def test_error_history_keeps_the_last_ten(self) -> None:
+        async def body(store: Store) -> None:
+            job_id = await self.add(store, "k", max_attempts=20)
+            for attempt in range(1, 13):
+                await store.lease("r", ["k"], None, 10, 30)
+                await store.record("r", [Outcome(job_id, attempt, "pending", error=f"E{attempt}")])
+            job = await self.job(store, job_id)
+            assert [e["attempt"] for e in job.errors] == list(range(3, 13))
+            assert job.last_error == "E12"
+
+        self.check(body)
+
+    def test_heartbeat_extends_only_leases_still_held(self) -> None:
+        async def body(store: Store) -> None:
+            mine = await self.add(store, "k")
+            await store.lease("r", ["k"], None, 10, 30)
+            other = await self.add(store, "k")
+            await store.lease("s", ["k"], None, 10, 30)
+            before = (await self.job(store, mine)).leased_until
+            alive = await asyncio.to_thread(store.heartbeat, "r", [mine, other], 60)
+            assert alive == {mine}
+            after = (await self.job(store, mine)).leased_until
+            assert before is not None and after is not None and after > before
+
+        self.check(body)
+
+    def test_release_gives_back_the_attempt(self) -> None:
+        async def body(store: Store) -> None:
+            job_id = await self.add(store, "k")
+            await store.lease("r", ["k"], None, 10, 30)
+            assert await store.release("other", [job_id]) == set()
+            assert await store.release("r", [job_id]) == {job_id}
+            job = await self.job(store, job_id)
+            assert (job.state, job.attempts) == (JobState.PENDING, 0)
+
+        self.check(body)
+
+    def test_expired_leases_are_retried_or_failed_on_the_last_attempt(self) -> None:
+        async def body(store: Store) -> None:
+            retry = await self.add(store, "k", max_attempts=2)
+            last = await self.add(store, "k", max_attempts=1)
+            await store.lease("dead", ["k"], None, 10, 0.1)
+            assert await store.rescue(100) == 0
+            await asyncio.sleep(0.25)
+            assert await store.rescue(100) == 2
+            assert (await self.job(store, retry)).state == JobState.PENDING
+            failed = await self.job(store, last)
+            assert failed.state == JobState.FAILED
+            assert failed.last_error is not None and failed.last_error.startswith("LeaseExpired")
+            assert await store.record("dead", [Outcome(retry, 1, "succeeded")]) == set()
+
+        self.check(body)
+
+    def test_prune_deletes_only_old_finished_jobs(self) -> None:
+        async def body(store: Store) -> None:
+            old = await self.add(store, "k")
+            await store.lease("r", ["k"], None, 10, 30)
+            await store.record("r", [Outcome(old, 1, "succeeded")])
+            await asyncio.sleep(0.3)
+            new = await self.add(store, "k")
+            waiting = await self.add(store, "other")
+            await store.lease("r", ["k"], None, 10, 30)
+            await store.record("r", [Outcome(new, 1, "succeeded")])
+            assert await store.prune(0.2) == 1
+            assert await self.get(store, old) is None
+            assert await self.get(store, new) is not None
+            assert await self.get(store, waiting) is not None
+
+        self.check(body)

@@ -1,0 +1,39 @@
+-- Enqueue on the caller's connection. "now" is always the database's clock.
+
+-- name: insert_job
+INSERT INTO {schema}.jobs (kind, queue, payload, priority, max_attempts, run_at, unique_key)
+VALUES (%s, %s, %s::jsonb, %s, %s, coalesce(%s::timestamptz, now() + make_interval(secs => %s::float8)), %s)
+ON CONFLICT (kind, unique_key) WHERE unique_key IS NOT NULL AND state IN ('pending', 'running')
+DO NOTHING
+RETURNING id
+
+-- name: live_job_by_unique_key
+SELECT id FROM {schema}.jobs
+WHERE kind = %s AND unique_key = %s AND state IN ('pending', 'running')
+
+-- name: insert_jobs
+INSERT INTO {schema}.jobs (kind, queue, payload, priority, max_attempts, run_at, unique_key)
+SELECT k, q, p::jsonb, pr, ma, coalesce(ra, now() + make_interval(secs => d)), uk
+FROM unnest(%s::text[], %s::text[], %s::text[], %s::int2[], %s::int4[], %s::timestamptz[],
+            %s::float8[], %s::text[]) AS t (k, q, p, pr, ma, ra, d, uk)
+ON CONFLICT (kind, unique_key) WHERE unique_key IS NOT NULL AND state IN ('pending', 'running')
+DO NOTHING
+RETURNING id
+
+-- name: reserve_job_ids
+-- Ids for a COPY of n jobs, and "now" on the database's clock for their run_at. When the ids
+-- are one unbroken range (no other session took one meanwhile), only its ends travel.
+WITH ids AS (
+    SELECT nextval(pg_get_serial_sequence('{schema}.jobs', 'id')) AS id
+    FROM generate_series(1, %s)
+)
+SELECT now(), min(id), max(id),
+       CASE WHEN max(id) - min(id) + 1 = count(*) THEN NULL ELSE array_agg(id ORDER BY id) END
+FROM ids
+
+-- name: copy_jobs
+COPY {schema}.jobs (id, kind, queue, payload, priority, max_attempts, run_at) FROM STDIN
+
+-- name: copy_jobs_now
+-- Jobs that run now: run_at takes its default, the transaction's now().
+COPY {schema}.jobs (id, kind, queue, payload, priority, max_attempts) FROM STDIN

@@ -1,0 +1,95 @@
+-- The runner's statements. A lease is (id, attempts, leased_by): every write after the lease
+-- checks all three and state = 'running', so a runner that lost its lease never overwrites
+-- the outcome another runner records.
+
+-- name: lease
+-- One statement (see lease_jobs in the migration): pick runnable jobs in lease order, skip
+-- those another runner is locking, mark them running and spend an attempt.
+SELECT * FROM {schema}.lease_jobs(
+    %(kinds)s::text[], %(queues)s::text[], %(limit)s, %(lease_seconds)s, %(runner)s
+)
+
+-- name: record_outcomes
+-- Outcomes of many attempts in one statement. state is the new state; delay the seconds to a
+-- retry (pending only); error the bounded failure message (NULL on success).
+UPDATE {schema}.jobs j
+SET state = o.state::{schema}.job_state,
+    run_at = CASE WHEN o.state = 'pending' THEN now() + make_interval(secs => o.delay) ELSE j.run_at END,
+    finished_at = CASE WHEN o.state = 'pending' THEN NULL ELSE now() END,
+    leased_until = NULL,
+    result = CASE WHEN o.state = 'succeeded' THEN o.result::jsonb ELSE j.result END,
+    last_error = coalesce(o.error, j.last_error),
+    errors = CASE WHEN o.error IS NULL THEN j.errors ELSE jsonb_path_query_array(
+        j.errors || jsonb_build_array(jsonb_build_object('attempt', j.attempts, 'at', now(), 'error', o.error)),
+        '$[last - 9 to last]') END
+FROM unnest(%(ids)s::bigint[], %(attempts)s::int4[], %(states)s::text[], %(delays)s::float8[],
+            %(errors)s::text[], %(results)s::text[]) AS o (id, attempts, state, delay, error, result)
+WHERE j.id = o.id
+  AND j.attempts = o.attempts
+  AND j.leased_by = %(runner)s
+  AND j.state = 'running'
+RETURNING j.id
+
+-- name: complete_jobs
+-- The common case of record_outcomes, leaner: plain successes without a result.
+UPDATE {schema}.jobs j
+SET state = 'succeeded', finished_at = now(), leased_until = NULL
+FROM unnest(%(ids)s::bigint[], %(attempts)s::int4[]) AS o (id, attempts)
+WHERE j.id = o.id
+  AND j.attempts = o.attempts
+  AND j.leased_by = %(runner)s
+  AND j.state = 'running'
+RETURNING j.id
+
+-- name: heartbeat
+-- Extend the leases this runner still holds; the ids not returned were lost or cancelled.
+UPDATE {schema}.jobs
+SET leased_until = now() + make_interval(secs => %(lease_seconds)s)
+WHERE id = ANY(%(ids)s::bigint[]) AND leased_by = %(runner)s AND state = 'running'
+RETURNING id
+
+-- name: release
+-- Hand unfinished jobs back at shutdown without spending their attempt.
+UPDATE {schema}.jobs
+SET state = 'pending', attempts = attempts - 1, leased_until = NULL, run_at = now()
+WHERE id = ANY(%(ids)s::bigint[]) AND leased_by = %(runner)s AND state = 'running'
+RETURNING id
+
+-- name: rescue
+-- Jobs whose runner died: their lease expired. Retry them, or fail them when the crashed
+-- attempt was their last.
+WITH expired AS (
+    SELECT id FROM {schema}.jobs
+    WHERE state = 'running' AND leased_until < now()
+    ORDER BY leased_until
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE {schema}.jobs j
+SET state = CASE WHEN j.attempts >= j.max_attempts THEN 'failed' ELSE 'pending' END::{schema}.job_state,
+    finished_at = CASE WHEN j.attempts >= j.max_attempts THEN now() END,
+    run_at = now(),
+    leased_until = NULL,
+    last_error = 'LeaseExpired: runner ' || coalesce(j.leased_by, '?') || ' stopped renewing its lease',
+    errors = jsonb_path_query_array(
+        j.errors || jsonb_build_array(jsonb_build_object('attempt', j.attempts, 'at', now(),
+            'error', 'LeaseExpired: runner ' || coalesce(j.leased_by, '?') || ' stopped renewing its lease')),
+        '$[last - 9 to last]')
+FROM expired
+WHERE j.id = expired.id
+RETURNING j.id
+
+-- name: prune
+-- Delete a batch of finished jobs older than the retention.
+DELETE FROM {schema}.jobs
+WHERE id IN (
+    SELECT id FROM {schema}.jobs
+    WHERE state IN ('succeeded', 'failed', 'discarded', 'cancelled')
+      AND finished_at < now() - make_interval(secs => %(older_than)s)
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING id
+
+-- name: listen
+LISTEN {channel}

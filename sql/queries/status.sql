@@ -1,0 +1,24 @@
+-- Status: what happened to a job, and how many wait or failed per queue and kind.
+
+-- name: get_job
+SELECT id, kind, queue, payload, state, priority, attempts, max_attempts, run_at, created_at,
+       finished_at, leased_until, leased_by, last_error, errors, unique_key, result
+FROM {schema}.jobs
+WHERE id = %s
+
+-- name: list_jobs
+-- Newest first; the next page starts below the last id seen.
+SELECT id, kind, queue, payload, state, priority, attempts, max_attempts, run_at, created_at,
+       finished_at, leased_until, leased_by, last_error, errors, unique_key, result
+FROM {schema}.jobs
+WHERE (%(state)s::text IS NULL OR state = %(state)s::{schema}.job_state)
+  AND (%(kind)s::text IS NULL OR kind = %(kind)s)
+  AND (%(queue)s::text IS NULL OR queue = %(queue)s)
+  AND (%(after_id)s::bigint IS NULL OR id < %(after_id)s)
+ORDER BY id DESC
+LIMIT %(limit)s
+
+-- name: job_counts
+SELECT queue, kind, state::text, jobs, oldest_runnable_age
+FROM {schema}.job_counts
+ORDER BY queue, kind, state

@@ -1,0 +1,96 @@
+"""Helpers shared by the runner tests."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from outbox import Runner
+
+
+async def eventually(check: Callable[[], Any], timeout: float = 10.0, every: float = 0.05) -> Any:
+    """Poll ``check`` (sync or async) until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await asyncio.sleep(every)
+
+
+@contextlib.asynccontextmanager
+async def running(runner: Runner) -> AsyncIterator[asyncio.Task[None]]:
+    """Run ``runner`` for the duration of the block, then stop it gracefully."""
+    task = asyncio.create_task(runner.run())
+    try:
+        await asyncio.sleep(0.05)
+        if task.done():
+            task.result()
+        yield task
+    finally:
+        runner.stop()
+        await asyncio.wait_for(task, 30)
+
+
+def states(dsn: str, schema: str) -> dict[str, int]:
+    """Jobs per state, straight from the table."""
+    with psycopg.connect(dsn) as conn:
+        query = f'SELECT state::text, count(*) FROM "{schema}".jobs GROUP BY 1'
+        rows = conn.execute(query).fetchall()
+    return dict(rows)
+
+
+def job_row(dsn: str, schema: str, job_id: int) -> dict[str, Any]:
+    """One job's row as a dict."""
+    with psycopg.connect(dsn) as conn:
+        cur = conn.execute(f'SELECT * FROM "{schema}".jobs WHERE id = %s', (job_id,))
+        row = cur.fetchone()
+        assert row is not None, f"no job {job_id}"
+        return dict(zip([c.name for c in cur.description], row, strict=True))
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def start_runner(dsn: str, schema: str, *args: str) -> subprocess.Popen[bytes]:
+    """Start `outbox run tests.jobs_app:mux` as a real process."""
+    env = {**os.environ, "OUTBOX_DSN": dsn, "OUTBOX_SCHEMA": schema}
+    return subprocess.Popen(
+        [sys.executable, "-m", "outbox.cli", "run", "tests.jobs_app:mux", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def wait_for(check: Callable[[], Any], timeout: float, every: float = 0.1) -> None:
+    """Poll ``check`` until truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(every)
+
+
+def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+    """Signal the runner, wait for it, and return its exit code (its stderr goes to ours)."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    _, err = proc.communicate(timeout=timeout)
+    sys.stderr.write(err.decode(errors="replace")[-2000:])
+    return proc.returncode

@@ -1,0 +1,172 @@
+"""The `outbox` command through its real entry point, and the README's runnable example."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def outbox_cmd(*args, dsn=None, env=None, timeout=60):
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("OUTBOX_")}
+    if dsn is not None:
+        environ["OUTBOX_DSN"] = dsn
+    environ.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "outbox.cli", *args],
+        cwd=ROOT,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_migrate_then_status_json_shows_a_committed_job(dsn, conn):
+    schema = "cli_status"
+    conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+    try:
+        first = outbox_cmd("migrate", "--schema", schema, dsn=dsn)
+        assert first.returncode == 0, first.stderr
+        assert "applied migrations 1" in first.stdout
+        again = outbox_cmd("migrate", "--schema", schema, dsn=dsn)
+        assert "up to date" in again.stdout
+        conn.execute(f"SELECT {schema}.enqueue('cli.job')")
+        result = outbox_cmd("status", "--json", "--schema", schema, dsn=dsn)
+        assert result.returncode == 0, result.stderr
+        data = json.loads(result.stdout)
+        assert data["totals"]["pending"] == 1
+        assert data["kinds"][0]["kind"] == "cli.job"
+        table = outbox_cmd("status", "--schema", schema, dsn=dsn)
+        assert "cli.job" in table.stdout and "pending" in table.stdout
+    finally:
+        conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+def test_cancel_a_pending_job_then_again_fails(dsn, ob, conn):
+    job_id = ob.enqueue(conn, "x")
+    done = outbox_cmd("cancel", str(job_id), "--schema", ob.schema, dsn=dsn)
+    assert done.returncode == 0, done.stderr
+    assert ob.get_job(conn, job_id).state == "cancelled"
+    again = outbox_cmd("cancel", str(job_id), "--schema", ob.schema, dsn=dsn)
+    assert again.returncode == 1
+    assert "not pending or running" in again.stderr
+
+
+def test_prune_deletes_only_old_finished_jobs(dsn, ob, conn):
+    old, fresh, waiting = (ob.enqueue(conn, "x") for _ in range(3))
+    conn.execute(
+        f"UPDATE \"{ob.schema}\".jobs SET state = 'succeeded',"
+        " finished_at = now() - interval '2 days' WHERE id = %s",
+        (old,),
+    )
+    conn.execute(
+        f"UPDATE \"{ob.schema}\".jobs SET state = 'failed', finished_at = now() WHERE id = %s",
+        (fresh,),
+    )
+    result = outbox_cmd("prune", "--older-than", "1", "--schema", ob.schema, dsn=dsn)
+    assert result.returncode == 0, result.stderr
+    assert "deleted 1 finished jobs" in result.stdout
+    assert ob.get_job(conn, old) is None
+    assert ob.get_job(conn, fresh) is not None and ob.get_job(conn, waiting) is not None
+
+
+@pytest.mark.parametrize("command", [["status"], ["migrate"], ["cancel", "1"], ["prune"]])
+def test_missing_dsn_is_a_usage_error(command):
+    result = outbox_cmd(*command)
+    assert result.returncode == 2
+    assert "OUTBOX_DSN" in result.stderr
+
+
+def test_bad_dsn_is_a_usage_error():
+    result = outbox_cmd("status", dsn="definitely not a dsn")
+    assert result.returncode == 2
+    assert "invalid DSN" in result.stderr
+
+
+def test_unreachable_database_fails_with_exit_1():
+    result = outbox_cmd("status", dsn="postgresql://postgres@127.0.0.1:1/x?connect_timeout=2")
+    assert result.returncode == 1
+    assert "cannot connect" in result.stderr
+
+
+def test_wrong_password_fails_with_exit_1(dsn):
+    result = outbox_cmd("status", dsn="postgresql://no_such_user:wrong@127.0.0.1:5432/test")
+    assert result.returncode == 1
+    assert "cannot connect" in result.stderr
+
+
+def test_unmigrated_schema_says_what_to_run(dsn):
+    result = outbox_cmd("status", "--schema", "not_there", dsn=dsn)
+    assert result.returncode == 1
+    assert "outbox migrate --schema not_there" in result.stderr
+
+
+def test_schema_migrated_by_a_newer_outbox_says_to_upgrade(dsn, ob, conn):
+    conn.execute(f'INSERT INTO "{ob.schema}".migrations (version, name) VALUES (999, %s)', ("x",))
+    for command in (["status"], ["migrate"], ["run", "tests.jobs_app:mux"]):
+        result = outbox_cmd(*command, "--schema", ob.schema, dsn=dsn)
+        assert result.returncode == 1, (command, result.stderr)
+        assert "upgrade the outbox package" in result.stderr
+
+
+def test_invalid_schema_name_is_a_usage_error(dsn):
+    result = outbox_cmd("status", "--schema", "Bad-Name", dsn=dsn)
+    assert result.returncode == 2
+    assert "invalid schema name" in result.stderr
+
+
+def test_unknown_option_is_a_usage_error():
+    result = outbox_cmd("run", "x:y", "--concurrency", "0")
+    assert result.returncode == 2
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("nocolon", "module:attribute"),
+        ("no_such_module_xyz:mux", "cannot import"),
+        ("tests.jobs_app:os", "expected a HandlerMux"),
+    ],
+)
+def test_run_with_a_bad_target_is_a_usage_error(dsn, target, message):
+    result = outbox_cmd("run", target, dsn=dsn)
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+@pytest.mark.slow
+def test_demo_runs_every_job_against_the_given_server(scratch_dsn):
+    result = outbox_cmd("demo", dsn=scratch_dsn, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("succeeded") == 5
+    assert "rolled back" in result.stdout
+    with psycopg.connect(scratch_dsn) as conn:
+        sent = conn.execute(
+            "SELECT count(*) FROM outbox_demo.orders WHERE receipt_sent_at IS NOT NULL"
+        ).fetchone()[0]
+        assert sent == 5
+        assert conn.execute("SELECT count(*) FROM outbox_demo.orders").fetchone()[0] == 5
+
+
+@pytest.mark.slow
+def test_readme_example_runs(scratch_dsn):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OUTBOX_")}
+    env["OUTBOX_DSN"] = scratch_dsn
+    result = subprocess.run(
+        [sys.executable, "examples/quickstart.py"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "succeeded, result {'sent_to': 'ada@example.com'}" in result.stdout

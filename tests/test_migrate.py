@@ -1,0 +1,246 @@
+"""Migrations: numbered SQL files, applied once each, safely from many processes at once."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import subprocess
+import sys
+import threading
+import uuid
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from outbox import NewJob, Outbox, queries
+from outbox.migrations import LATEST_VERSION
+
+ROOT = Path(__file__).resolve().parents[1]
+ALL_VERSIONS = list(range(1, LATEST_VERSION + 1))
+
+
+@pytest.fixture
+def new_schema(dsn: str) -> Iterator[str]:
+    """A schema name that does not exist yet; dropped afterwards if a test created it."""
+    name = f"m_{uuid.uuid4().hex[:12]}"
+    yield name
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+
+
+def recorded(conn: psycopg.Connection, schema: str) -> list[tuple[int, str]]:
+    return conn.execute(f'SELECT version, name FROM "{schema}".migrations ORDER BY 1').fetchall()
+
+
+def schema_exists(conn: psycopg.Connection, schema: str) -> bool:
+    [(exists,)] = conn.execute(
+        "SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = %s)", (schema,)
+    ).fetchall()
+    return exists
+
+
+# -- applying ------------------------------------------------------------------------------------
+
+
+def test_migrate_applies_every_migration_and_records_it(conn, new_schema):
+    assert Outbox(schema=new_schema).migrate(conn) == ALL_VERSIONS
+    assert recorded(conn, new_schema) == [(m.version, m.name) for m in queries.migrations()]
+    [(missing_times,)] = conn.execute(
+        f'SELECT count(*) FROM "{new_schema}".migrations WHERE applied_at IS NULL'
+    ).fetchall()
+    assert missing_times == 0
+
+
+def test_migrate_is_idempotent(ob, conn, schema):
+    before = recorded(conn, schema)
+    assert ob.migrate(conn) == []
+    assert ob.migrate(conn) == []
+    assert recorded(conn, schema) == before
+
+
+async def test_migrate_async_applies_then_finds_nothing_to_do(aconn, new_schema):
+    ob = Outbox(schema=new_schema)
+    assert await ob.migrate(aconn) == ALL_VERSIONS
+    assert await ob.migrate(aconn) == []
+    assert isinstance(await ob.enqueue(aconn, "k"), int)
+
+
+def test_migrate_creates_the_table_indexes_function_and_views(conn, schema):
+    indexes = {
+        name
+        for (name,) in conn.execute(
+            "SELECT indexname FROM pg_indexes WHERE schemaname = %s", (schema,)
+        ).fetchall()
+    }
+    assert {
+        "jobs_pkey",
+        "jobs_pending_idx",
+        "jobs_running_idx",
+        "jobs_unique_key_idx",
+        "jobs_problem_idx",
+    } <= indexes
+    views = {
+        name
+        for (name,) in conn.execute(
+            "SELECT viewname FROM pg_views WHERE schemaname = %s", (schema,)
+        ).fetchall()
+    }
+    assert {"job_counts", "problem_jobs"} <= views
+    [(functions,)] = conn.execute(
+        "SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+        "WHERE n.nspname = %s AND p.proname = 'enqueue'",
+        (schema,),
+    ).fetchall()
+    assert functions == 1
+
+
+def test_migrate_in_a_rolled_back_transaction_leaves_no_schema(conn, new_schema):
+    with pytest.raises(ZeroDivisionError), conn.transaction():
+        assert Outbox(schema=new_schema).migrate(conn) == ALL_VERSIONS
+        1 / 0  # noqa: B018 - roll the caller's transaction back
+    assert not schema_exists(conn, new_schema)
+
+
+def test_migrate_on_a_non_autocommit_connection_commits(dsn, new_schema):
+    with psycopg.connect(dsn) as conn:  # autocommit off
+        assert Outbox(schema=new_schema).migrate(conn) == ALL_VERSIONS
+        conn.rollback()  # nothing left open to roll back: migrate committed its transaction
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert recorded(conn, new_schema) == [(m.version, m.name) for m in queries.migrations()]
+
+
+def test_two_concurrent_migrations_both_succeed_and_apply_once(dsn, new_schema):
+    barrier = threading.Barrier(2)
+    results: list[list[int]] = []
+    errors: list[BaseException] = []
+
+    def migrate() -> None:
+        try:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                barrier.wait(timeout=10)
+                results.append(Outbox(schema=new_schema).migrate(conn))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=migrate, daemon=True) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert errors == []
+    assert sorted(results) == [[], ALL_VERSIONS]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert recorded(conn, new_schema) == [(m.version, m.name) for m in queries.migrations()]
+        assert isinstance(Outbox(schema=new_schema).enqueue(conn, "k"), int)
+
+
+def test_schemas_are_independent(conn, schema, new_schema):
+    a, b = Outbox(schema=schema), Outbox(schema=new_schema)
+    b.migrate(conn)
+    job_id = a.enqueue(conn, "k", unique_key="u")
+    assert b.list_jobs(conn) == []
+    assert b.enqueue(conn, "k", unique_key="u") == job_id  # ids start at 1 in each schema
+    assert len(a.list_jobs(conn)) == len(b.list_jobs(conn)) == 1
+
+
+# -- the migration files -------------------------------------------------------------------------
+
+
+def test_migration_files_are_named_nnnn_name_sql_without_gaps():
+    files = sorted(p.name for p in (ROOT / "sql" / "migrations").iterdir())
+    assert files, "no migration files"
+    for name in files:
+        assert re.fullmatch(r"\d{4}_[a-z0-9_]+\.sql", name), f"misnamed migration {name}"
+    assert [int(name[:4]) for name in files] == list(range(1, len(files) + 1))
+    found = queries.migrations()
+    assert [f"{m.version:04d}_{m.name}.sql" for m in found] == files
+    assert [m.version for m in found] == ALL_VERSIONS
+
+
+def test_migrations_render_with_the_quoted_schema():
+    for migration in queries.migrations():
+        text = migration.render("some_schema").decode()
+        assert '"some_schema".jobs' in text or migration.version > 1
+        assert "{schema}" not in text
+
+
+# -- the wheel -----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_wheel_ships_the_sql_files_and_finds_them(tmp_path):
+    if importlib.util.find_spec("build") is None:
+        pytest.skip("the 'build' package is not installed (pip install build)")
+    out = tmp_path / "dist"
+    proc = subprocess.run(
+        [sys.executable, "-m", "build", "--wheel", "--outdir", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    [wheel] = out.glob("outbox-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+        zf.extractall(tmp_path / "site")
+    assert "outbox/sql/migrations/0001_init.sql" in names
+    assert "outbox/sql/queries/enqueue.sql" in names
+    migrations = {
+        f"outbox/sql/migrations/{m.version:04d}_{m.name}.sql" for m in queries.migrations()
+    }
+    assert migrations <= names
+    assert not any(n.startswith(("tests/", "sql/")) for n in names)
+
+    # The installed package finds its SQL inside itself, not in a source checkout.
+    check = (
+        "import outbox, outbox.queries as q; "
+        "print(outbox.__file__); print(len(q.migrations())); q.query('insert_job', 'x')"
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-I",
+            "-c",
+            f"import sys; sys.path.insert(0, {str(tmp_path / 'site')!r}); " + check,
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    location, count = proc.stdout.split()
+    assert location.startswith(str(tmp_path / "site"))
+    assert int(count) == LATEST_VERSION
+
+
+# -- the lease index -----------------------------------------------------------------------------
+
+
+def _index_names(plan: dict) -> set[str]:
+    names = {plan["Index Name"]} if "Index Name" in plan else set()
+    for child in plan.get("Plans", []):
+        names |= _index_names(child)
+    return names
+
+
+def test_runnable_jobs_query_uses_the_pending_index(ob, conn, schema):
+    conn.execute(
+        f'INSERT INTO "{schema}".jobs (kind, state, finished_at) '
+        "SELECT 'done', 'succeeded', now() FROM generate_series(1, 5000)"
+    )
+    ob.enqueue_many(conn, [NewJob("k", priority=i % 3) for i in range(5)])
+    conn.execute(f'ANALYZE "{schema}".jobs')
+    [(explained,)] = conn.execute(
+        f'EXPLAIN (FORMAT JSON) SELECT id FROM "{schema}".jobs '
+        "WHERE state = 'pending' AND run_at <= now() ORDER BY priority DESC, run_at, id LIMIT 10"
+    ).fetchall()
+    plan = (json.loads(explained) if isinstance(explained, str) else explained)[0]["Plan"]
+    assert "jobs_pending_idx" in _index_names(plan), json.dumps(plan, indent=1)

@@ -1,0 +1,55 @@
+"""Every store follows the same rules: PgStore and InMemoryStore run outbox.testing's contract."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+
+import psycopg
+import pytest
+
+from outbox import Job, Outbox
+from outbox.store import PgStore
+from outbox.testing import InMemoryStore, StoreContract
+
+
+class TestInMemoryStore(StoreContract):
+    @contextlib.asynccontextmanager
+    async def open_store(self):
+        store = InMemoryStore()
+        await store.open()
+        yield store
+        await store.close()
+
+    async def add(self, store, kind, **options) -> int:
+        return store.enqueue(kind, **options)
+
+    async def get(self, store, job_id) -> Job | None:
+        return store.get_job(job_id)
+
+
+class TestPgStore(StoreContract):
+    @pytest.fixture(autouse=True)
+    def _database(self, dsn):
+        self.dsn = dsn
+
+    @contextlib.asynccontextmanager
+    async def open_store(self):
+        ob = Outbox(schema=f"c_{uuid.uuid4().hex[:12]}")
+        async with await psycopg.AsyncConnection.connect(self.dsn, autocommit=True) as conn:
+            await ob.migrate(conn)
+            store = PgStore(schema=ob.schema, dsn=self.dsn)
+            await store.open()
+            try:
+                yield store
+            finally:
+                await store.close()
+                await conn.execute(f'DROP SCHEMA "{ob.schema}" CASCADE')
+
+    async def add(self, store, kind, **options) -> int:
+        async with await psycopg.AsyncConnection.connect(self.dsn, autocommit=True) as conn:
+            return await Outbox(schema=store.schema).enqueue(conn, kind, **options)
+
+    async def get(self, store, job_id) -> Job | None:
+        async with await psycopg.AsyncConnection.connect(self.dsn, autocommit=True) as conn:
+            return await Outbox(schema=store.schema).get_job(conn, job_id)
