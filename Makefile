@@ -24,7 +24,7 @@ test: $(STAMP) ## install what is needed and run the tests (OUTBOX_TEST_DSN, els
 	$(PY) -m pytest
 
 lint: $(STAMP) ## ruff and mypy --strict
-	$(VENV)/bin/ruff check outbox tests benchmarks
+	$(VENV)/bin/ruff check outbox tests benchmarks examples
 	$(VENV)/bin/ruff format --check outbox
 	$(VENV)/bin/mypy
 

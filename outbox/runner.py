@@ -26,7 +26,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -263,6 +263,36 @@ class Runner:
         On stop it leases no more jobs, waits up to ``shutdown_timeout`` for running handlers,
         then hands the unfinished jobs back as pending without spending an attempt.
         """
+        await self._run(on_started=None)
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[Runner]:
+        """Run in the current event loop for the duration of an ``async with`` block.
+
+        Made for ASGI lifespans (FastAPI, Starlette): entering returns once the runner is
+        connected and has checked the schema, and raises what stopped it from starting (a bad
+        DSN, an unmigrated schema), so the app fails to start rather than run without its
+        jobs; leaving stops it gracefully, as ``stop()`` does.
+        """
+        started = asyncio.get_running_loop().create_future()
+
+        def on_started() -> None:
+            if not started.done():
+                started.set_result(None)
+
+        task = asyncio.create_task(self._run(on_started=on_started), name="outbox-runner")
+        await asyncio.wait({task, started}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            started.cancel()
+            task.result()  # raises what stopped it
+            raise ConfigurationError("the runner stopped before it started")
+        try:
+            yield self
+        finally:
+            self.stop()
+            await task
+
+    async def _run(self, on_started: Callable[[], None] | None) -> None:
         if self._loop is not None:
             raise ConfigurationError("this runner is already running")
         self._loop = asyncio.get_running_loop()
@@ -276,6 +306,8 @@ class Runner:
         try:
             await self.store.open()
             try:
+                if on_started is not None:
+                    on_started()
                 await self._serve(self.store)
             finally:
                 await self.store.close()
@@ -385,36 +417,28 @@ class Runner:
     def start_in_thread(self) -> threading.Thread:
         """Run in a background thread with its own event loop (for WSGI apps); return it.
 
-        Stop it with ``stop()``. Raises what ``run()`` raised at start-up (a bad DSN, an
-        unmigrated schema) in the calling thread.
+        Returns once the runner is connected and has checked the schema; raises what stopped
+        it from starting (a bad DSN, an unmigrated schema) in the calling thread. Stop it with
+        ``stop()``, which waits for the thread.
         """
         started = threading.Event()
         failure: list[BaseException] = []
 
-        async def main() -> None:
-            task = asyncio.ensure_future(self.run())
-            while self._loop is None and not task.done():
-                await asyncio.sleep(0.005)
-            started.set()
-            await task
-
         def target() -> None:
             try:
-                asyncio.run(main())
+                asyncio.run(self._run(on_started=started.set))
             except BaseException as exc:
                 failure.append(exc)
-            finally:
-                started.set()
 
-        self._thread = threading.Thread(target=target, name="outbox-runner", daemon=True)
-        self._thread.start()
-        started.wait()
-        # run() checks the schema first; give it the moment to fail loudly.
-        self._thread.join(0.2)
-        if failure:
-            self._thread = None
-            raise failure[0]
-        return self._thread
+        thread = threading.Thread(target=target, name="outbox-runner", daemon=True)
+        thread.start()
+        while not started.wait(0.05) and thread.is_alive():
+            pass
+        if not started.is_set():
+            thread.join()
+            raise failure[0] if failure else ConfigurationError("the runner thread ended early")
+        self._thread = thread
+        return thread
 
     # -- leasing -----------------------------------------------------------------------------
 

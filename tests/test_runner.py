@@ -495,6 +495,36 @@ def test_runner_in_a_thread_reports_an_unmigrated_schema(dsn):
         runner.start_in_thread()
 
 
+async def test_running_block_runs_jobs_and_stops_gracefully_on_exit(dsn, ob, conn):
+    mux = HandlerMux()
+    finished = asyncio.Event()
+
+    @mux.register("slow")
+    async def slow(job: Job) -> str:
+        await asyncio.sleep(0.3)
+        finished.set()
+        return "done"
+
+    runner = make_runner(dsn, ob, mux)
+    async with runner.running() as same:
+        assert same is runner
+        job_id = ob.enqueue(conn, "slow")
+        await eventually(lambda: ob.get_job(conn, job_id).state == "running", every=0.01)
+    assert finished.is_set()  # leaving the block waited for the handler
+    assert ob.get_job(conn, job_id).state == "succeeded"
+
+
+async def test_running_block_raises_when_the_runner_cannot_start(dsn):
+    from outbox import Outbox
+
+    mux = HandlerMux()
+    mux.register("x", lambda job: None)
+    runner = Runner(mux, dsn=dsn, outbox=Outbox(schema="never_migrated"))
+    with pytest.raises(SchemaNotMigratedError, match="outbox migrate"):
+        async with runner.running():
+            pytest.fail("the block must not run")
+
+
 async def test_runner_refuses_an_unmigrated_schema(dsn):
     from outbox import Outbox
 
