@@ -29,7 +29,7 @@ from outbox.errors import (
 )
 from outbox.models import FINAL_STATES, Job, JobState, KindStats, NewJob, Stats
 from outbox.mux import HandlerMux
-from outbox.observe import JobEvent
+from outbox.observe import JobEvent, Observer, observers
 from outbox.runner import Runner
 from outbox.safety import safe_failure_message, safe_label, sanitize_kind
 
@@ -50,6 +50,7 @@ __all__ = [
     "JobState",
     "KindStats",
     "NewJob",
+    "Observer",
     "Outbox",
     "OutboxError",
     "PayloadError",
@@ -69,6 +70,7 @@ __all__ = [
     "get_job",
     "list_jobs",
     "migrate",
+    "observers",
     "prune",
     "safe_failure_message",
     "safe_label",

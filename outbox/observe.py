@@ -15,7 +15,15 @@ import structlog
 
 from outbox.safety import safe_label
 
-__all__ = ["JobEvent", "Observer", "Outcome", "get_logger", "job_event", "noop_observer"]
+__all__ = [
+    "JobEvent",
+    "Observer",
+    "Outcome",
+    "get_logger",
+    "job_event",
+    "noop_observer",
+    "observers",
+]
 
 Outcome = Literal["succeeded", "retried", "failed", "discarded", "cancelled", "released"]
 """How one attempt ended. ``cancelled``: cancelled by an operator or its lease was taken over;
@@ -24,7 +32,11 @@ Outcome = Literal["succeeded", "retried", "failed", "discarded", "cancelled", "r
 
 @dataclass(frozen=True, slots=True)
 class JobEvent:
-    """One attempt's end, with low-cardinality labels only."""
+    """One attempt's end.
+
+    ``kind``, ``queue`` and ``outcome`` are bounded and low-cardinality: fit for metric labels.
+    ``job_id``, ``attempt`` and ``error`` are not: use them in logs and events, never as labels.
+    """
 
     kind: str
     queue: str
@@ -33,18 +45,61 @@ class JobEvent:
     """Seconds from handler start to its end."""
     lag: float
     """Seconds from the job's run_at to its handler's start: how far behind the runner is."""
+    job_id: int = 0
+    attempt: int = 0
+    """The attempt that ended (1 for the first)."""
+    max_attempts: int = 0
+    error: str | None = None
+    """The stored failure message (bounded by safe_failure_message); None on success."""
 
 
 Observer = Callable[[JobEvent], None]
+"""Called on the runner's event loop after every attempt: keep it fast and let it not raise
+(a raising observer is logged and otherwise ignored)."""
 
 
 def noop_observer(event: JobEvent) -> None:
     """The default observer: does nothing."""
 
 
-def job_event(kind: str, queue: str, outcome: Outcome, duration: float, lag: float) -> JobEvent:
+def job_event(
+    kind: str,
+    queue: str,
+    outcome: Outcome,
+    duration: float,
+    lag: float,
+    *,
+    job_id: int = 0,
+    attempt: int = 0,
+    max_attempts: int = 0,
+    error: str | None = None,
+) -> JobEvent:
     """Build a JobEvent, bounding the labels."""
-    return JobEvent(safe_label(kind), safe_label(queue), outcome, duration, lag)
+    return JobEvent(
+        safe_label(kind), safe_label(queue), outcome, duration, lag,
+        job_id, attempt, max_attempts, error,
+    )  # fmt: skip
+
+
+def observers(*chain: Observer) -> Observer:
+    """One observer that calls each of ``chain`` in turn; one raising does not stop the rest."""
+    active = [o for o in chain if o is not noop_observer]
+    if not active:
+        return noop_observer
+    if len(active) == 1:
+        return active[0]
+
+    def call_all(event: JobEvent) -> None:
+        failure: Exception | None = None
+        for observer in active:
+            try:
+                observer(event)
+            except Exception as exc:
+                failure = failure or exc
+        if failure is not None:
+            raise failure
+
+    return call_all
 
 
 def get_logger(**context: Any) -> Any:

@@ -594,13 +594,19 @@ class Runner:
             self._log.error("job.failed", error=written.error, **fields)
         else:
             self._log.warning("job.discarded", error=written.error, **fields)
-        self._observe(job, outcome, duration, lag)
+        self._observe(job, outcome, duration, lag, written.error)
 
-    def _observe(self, job: Job, outcome: Outcome, duration: float, lag: float) -> None:
+    def _observe(
+        self, job: Job, outcome: Outcome, duration: float, lag: float, error: str | None = None
+    ) -> None:
         if self.observer is noop_observer:
             return
+        event = job_event(
+            job.kind, job.queue, outcome, duration, lag,
+            job_id=job.id, attempt=job.attempts, max_attempts=job.max_attempts, error=error,
+        )  # fmt: skip
         try:
-            self.observer(job_event(job.kind, job.queue, outcome, duration, lag))
+            self.observer(event)
         except Exception as exc:
             self._log.warning("runner.observer_failed", error=safe_failure_message(exc))
 
