@@ -19,6 +19,7 @@ from outbox import admin as _admin
 from outbox import enqueuing as _enqueue
 from outbox import migrations as _migrate
 from outbox import status as _status
+from outbox import tracing as _tracing
 from outbox.db import AnyConnection, Plan, execute
 from outbox.errors import ConfigurationError, UnknownQueueError
 from outbox.models import Job, JobState, NewJob, Stats
@@ -128,6 +129,7 @@ class Outbox:
             unique_key=unique_key,
             max_payload_bytes=self.max_payload_bytes,
             queues=self.queues,
+            metadata=_tracing.current_metadata(),
         )
         if if_exists not in ("return", "raise"):
             raise ConfigurationError(f"if_exists must be 'return' or 'raise', got {if_exists!r}")

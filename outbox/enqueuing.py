@@ -16,7 +16,7 @@ from typing import Any, Literal, NamedTuple
 import orjson
 from pydantic import BaseModel
 
-from outbox import queries
+from outbox import queries, tracing
 from outbox.db import Copy, Plan, Statement
 from outbox.errors import (
     DuplicateJobError,
@@ -70,6 +70,8 @@ class JobRow(NamedTuple):
     run_at: datetime | None
     delay: float
     unique_key: str | None
+    metadata: str | None = None
+    """JSON text: the trace context active at enqueue (see outbox.tracing)."""
 
 
 def _jsonable(value: Any) -> Any:
@@ -161,6 +163,7 @@ def prepare(
     unique_key: str | None = None,
     max_payload_bytes: int,
     queues: frozenset[str] | None,
+    metadata: str | None = None,
 ) -> JobRow:
     """Validate one job's fields; raise an InvalidJobError for the first bad one."""
     if run_at is not None:
@@ -191,6 +194,7 @@ def prepare(
         run_at,
         _delay_seconds(delay),
         unique_key,
+        metadata,
     )
 
 
@@ -206,6 +210,7 @@ def enqueue_plan(schema: str, job: JobRow, if_exists: IfExists) -> Plan[int]:
         job.run_at,
         job.delay,
         job.unique_key,
+        job.metadata,
     )
     while True:
         rows = yield Statement(insert, params)
@@ -230,6 +235,7 @@ def prepare_many(
 ) -> list[JobRow]:
     """Validate every job; nothing is written unless all are valid."""
     rows = []
+    metadata = tracing.current_metadata()
     for index, job in enumerate(jobs):
         if not isinstance(job, NewJob):
             raise InvalidOptionError(f"job {index} is a {type(job).__name__}, expected NewJob")
@@ -246,6 +252,7 @@ def prepare_many(
                     unique_key=job.unique_key,
                     max_payload_bytes=max_payload_bytes,
                     queues=queues,
+                    metadata=metadata,
                 )
             )
         except InvalidJobError as exc:
@@ -273,6 +280,7 @@ def enqueue_many_plan(schema: str, rows: list[JobRow]) -> Plan[list[int]]:
         [r.run_at for r in rows],
         [r.delay for r in rows],
         [r.unique_key for r in rows],
+        [r.metadata for r in rows],
     )
     result = yield Statement(queries.query("insert_jobs", schema), columns)
     return sorted(int(row[0]) for row in result)
@@ -285,13 +293,13 @@ def _copy_jobs(schema: str, rows: list[JobRow]) -> Plan[list[int]]:
     data: list[tuple[Any, ...]]
     if all(r.run_at is None and not r.delay for r in rows):
         data = [
-            (i, r.kind, r.queue, r.payload, r.priority, r.max_attempts)
+            (i, r.kind, r.queue, r.payload, r.priority, r.max_attempts, r.metadata)
             for i, r in zip(ids, rows, strict=True)
         ]
         yield Copy(queries.query("copy_jobs_now", schema), data)
         return ids
     data = [
-        (i, r.kind, r.queue, r.payload, r.priority, r.max_attempts,
+        (i, r.kind, r.queue, r.payload, r.priority, r.max_attempts, r.metadata,
          r.run_at or (now + timedelta(seconds=r.delay) if r.delay else now))
         for i, r in zip(ids, rows, strict=True)
     ]  # fmt: skip

@@ -61,6 +61,8 @@ class Job(BaseModel):
     """The last errors, oldest first: ``{"attempt": n, "at": iso time, "error": message}``."""
     unique_key: str | None = None
     result: Any = None
+    metadata: dict[str, Any] | None = None
+    """outbox's own facts about the job: ``trace`` is the trace context active at enqueue."""
 
 
 @dataclass(frozen=True, slots=True)

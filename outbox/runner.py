@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import os
 import secrets
@@ -35,6 +36,7 @@ from typing import Any
 from psycopg_pool import AsyncConnectionPool
 from pydantic import ValidationError
 
+from outbox import tracing
 from outbox.backoff import Backoff
 from outbox.client import Outbox
 from outbox.enqueuing import dump_payload
@@ -483,12 +485,13 @@ class Runner:
             await asyncio.wait_for(self._stopping.wait(), seconds)
 
     def _start(self, lane: _Lane, row: Leased) -> None:
-        job_id, kind, queue, payload, priority, attempts, max_attempts, run_at, created, key = row
+        job_id, kind, queue, payload, priority, attempts, max_attempts, run_at, created = row[:9]
+        key, meta = row[9], row[10]
         job = Job.model_construct(
             id=job_id, kind=kind, queue=queue, payload=payload, state=JobState.RUNNING,
             priority=priority, attempts=attempts, max_attempts=max_attempts, run_at=run_at,
             created_at=created, unique_key=key, leased_by=self.runner_id, finished_at=None,
-            leased_until=None, last_error=None, errors=[], result=None,
+            leased_until=None, last_error=None, errors=[], result=None, metadata=meta,
         )  # fmt: skip
         held = _Held(job, lane, self.mux.route(kind))
         lane.busy += 1
@@ -504,6 +507,12 @@ class Runner:
             except ValidationError as exc:
                 raise PermanentError(f"MalformedPayload: {exc}") from None
             job = job.model_copy(update={"payload": payload})
+        if not tracing.ENABLED:
+            return await self._invoke_within_timeout(route, job)
+        with tracing.job_span(job):
+            return await self._invoke_within_timeout(route, job)
+
+    async def _invoke_within_timeout(self, route: Route, job: Job) -> Any:
         if route.timeout is None:
             return await self._invoke(route, job)
         async with _timeout(route.timeout):
@@ -513,7 +522,9 @@ class Runner:
         if route.is_async:
             return await route.handler(job)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, route.handler, job)
+        # The handler's thread sees this task's context: its span, structlog's contextvars.
+        call = contextvars.copy_context().run
+        return await loop.run_in_executor(self._executor, call, route.handler, job)
 
     async def _run_job(self, held: _Held) -> None:
         job, route = held.job, held.route

@@ -38,6 +38,7 @@ JOB_COLUMNS = (
     "errors",
     "unique_key",
     "result",
+    "metadata",
 )
 """The columns of ``sql/queries`` job rows, in order."""
 

@@ -50,6 +50,7 @@ class Leased(NamedTuple):
     run_at: datetime
     created_at: datetime
     unique_key: str | None
+    metadata: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)

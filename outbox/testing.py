@@ -24,6 +24,7 @@ from typing import Any
 
 import orjson
 
+from outbox import tracing
 from outbox.client import Outbox
 from outbox.enqueuing import IfExists, prepare
 from outbox.errors import DuplicateJobError
@@ -69,6 +70,7 @@ class InMemoryStore:
             payload,
             max_payload_bytes=self.outbox.max_payload_bytes,
             queues=self.outbox.queues,
+            metadata=tracing.current_metadata(),
             **options,
         )
         now = self._clock()
@@ -89,6 +91,7 @@ class InMemoryStore:
                 "run_at": row.run_at or now + timedelta(seconds=row.delay), "created_at": now,
                 "finished_at": None, "leased_until": None, "leased_by": None,
                 "last_error": None, "errors": [], "unique_key": row.unique_key, "result": None,
+                "metadata": None if row.metadata is None else orjson.loads(row.metadata),
             }  # fmt: skip
         self._notify()
         return job_id
@@ -157,6 +160,7 @@ class InMemoryStore:
                         job["run_at"],
                         job["created_at"],
                         job["unique_key"],
+                        job.get("metadata"),
                     )
                 )
             return leased

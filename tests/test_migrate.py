@@ -55,6 +55,21 @@ def test_migrate_applies_every_migration_and_records_it(conn, new_schema):
     assert missing_times == 0
 
 
+def test_a_schema_at_an_older_version_upgrades_and_keeps_its_jobs(conn, new_schema, monkeypatch):
+    first = queries.migrations()[:1]
+    with monkeypatch.context() as patch:
+        patch.setattr(queries, "migrations", lambda: first)
+        assert Outbox(schema=new_schema).migrate(conn) == [1]
+    [(job_id,)] = conn.execute(f"SELECT \"{new_schema}\".enqueue('k', '{{\"a\": 1}}')").fetchall()
+    assert Outbox(schema=new_schema).migrate(conn) == ALL_VERSIONS[1:]
+    job = Outbox(schema=new_schema).get_job(conn, job_id)
+    assert (job.payload, job.metadata) == ({"a": 1}, None)
+    leased = conn.execute(
+        f"SELECT * FROM \"{new_schema}\".lease_jobs(ARRAY['k'], NULL, 10, 30, 'r')"
+    ).fetchall()
+    assert [row[0] for row in leased] == [job_id]
+
+
 def test_migrate_is_idempotent(ob, conn, schema):
     before = recorded(conn, schema)
     assert ob.migrate(conn) == []

@@ -58,6 +58,7 @@ def test_get_job_returns_every_field(ob, conn):
         "errors": [],
         "unique_key": "u",
         "result": None,
+        "metadata": None,
     }
 
 
