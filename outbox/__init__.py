@@ -65,6 +65,7 @@ __all__ = [
     "UnknownQueueError",
     "UnserializablePayloadError",
     "cancel",
+    "discard",
     "enqueue",
     "enqueue_many",
     "get_job",
@@ -72,6 +73,8 @@ __all__ = [
     "migrate",
     "observers",
     "prune",
+    "retry",
+    "retry_many",
     "safe_failure_message",
     "safe_label",
     "sanitize_kind",
@@ -81,6 +84,7 @@ __all__ = [
 _DEFAULT = Outbox()
 
 cancel = _DEFAULT.cancel
+discard = _DEFAULT.discard
 enqueue = _DEFAULT.enqueue
 enqueue_many = _DEFAULT.enqueue_many
 get_job = _DEFAULT.get_job
@@ -88,3 +92,5 @@ list_jobs = _DEFAULT.list_jobs
 stats = _DEFAULT.stats
 migrate = _DEFAULT.migrate
 prune = _DEFAULT.prune
+retry = _DEFAULT.retry
+retry_many = _DEFAULT.retry_many

@@ -13,16 +13,17 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Annotated, Any, NoReturn
 
 import psycopg
 import typer
 
+from outbox.admin import RETRYABLE_STATES
 from outbox.client import DEFAULT_SCHEMA, Outbox
 from outbox.errors import ConfigurationError, OutboxError
-from outbox.models import JobState, Stats
+from outbox.models import Job, JobState, Stats
 from outbox.mux import HandlerMux
 from outbox.runner import DEFAULT_LEASE_SECONDS, DEFAULT_SHUTDOWN_TIMEOUT, Runner
 
@@ -180,6 +181,120 @@ def cancel(
     if not done:
         _fail(f"job {job_id} is not pending or running (finished, or no such job)")
     typer.echo(f"cancelled job {job_id}")
+
+
+@app.command()
+def discard(
+    job_id: Annotated[int, typer.Argument(help="The job's id.")],
+    reason: Annotated[str, typer.Option(help="Why: stored as the job's last error.")] = "",
+    dsn: DsnOption = None,
+    schema: SchemaOption = DEFAULT_SCHEMA,
+) -> None:
+    """Discard a pending or running job (it ends 'discarded', with the reason stored)."""
+    ob = _outbox(schema)
+    with _connect(dsn) as conn, _errors():
+        done = ob.discard(conn, job_id, reason)
+    if not done:
+        _fail(f"job {job_id} is not pending or running (finished, or no such job)")
+    typer.echo(f"discarded job {job_id}")
+
+
+@app.command()
+def retry(
+    job_ids: Annotated[
+        list[int] | None, typer.Argument(help="Ids of jobs to retry (else use the filters).")
+    ] = None,
+    state: Annotated[
+        str, typer.Option(help="Bulk: retry the jobs in this state.")
+    ] = JobState.FAILED.value,
+    kind: Annotated[str | None, typer.Option(help="Bulk: only jobs of this kind.")] = None,
+    queue: Annotated[str | None, typer.Option(help="Bulk: only jobs in this queue.")] = None,
+    every: Annotated[
+        bool, typer.Option("--all", help="Bulk: every job in --state, of any kind and queue.")
+    ] = False,
+    dsn: DsnOption = None,
+    schema: SchemaOption = DEFAULT_SCHEMA,
+) -> None:
+    """Run jobs again now: the ids given, or all in --state (default failed) of --kind/--queue."""
+    ob = _outbox(schema)
+    retryable = [s.value for s in RETRYABLE_STATES]
+    if state not in retryable:
+        _fail(f"--state must be one of {', '.join(retryable)}, got {state!r}", 2)
+    if job_ids and (kind or queue or every):
+        _fail("give job ids, or --kind/--queue/--all, not both", 2)
+    if not job_ids and not (kind or queue or every):
+        _fail("give job ids, or choose the jobs with --kind, --queue or --all", 2)
+    with _connect(dsn) as conn, _errors():
+        if job_ids:
+            missed = [job_id for job_id in job_ids if not ob.retry(conn, job_id)]
+            for job_id in job_ids:
+                if job_id not in missed:
+                    typer.echo(f"retried job {job_id}")
+            if missed:
+                _fail(f"not retried (running, succeeded, or no such job): {missed}")
+            return
+        total = ob.count(conn, state=state, kind=kind, queue=queue)
+        with _progress(total, f"retrying {state} jobs") as advance:
+            retried = ob.retry_many(conn, state=state, kind=kind, queue=queue, progress=advance)
+    skipped = total - retried
+    note = f" ({skipped} skipped: running meanwhile or unique key in use)" if skipped > 0 else ""
+    typer.echo(f"retried {retried} {state} jobs{note}")
+
+
+@contextlib.contextmanager
+def _progress(total: int, description: str) -> Iterator[Callable[[int], None]]:
+    """A progress bar on stderr for bulk operations (hidden when stderr is not a terminal)."""
+    from rich.console import Console
+    from rich.progress import Progress
+
+    console = Console(stderr=True)
+    with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+@app.command()
+def inspect(
+    job_id: Annotated[int, typer.Argument(help="The job's id.")],
+    dsn: DsnOption = None,
+    schema: SchemaOption = DEFAULT_SCHEMA,
+    as_json: JsonOption = False,
+) -> None:
+    """Show one job: its state, attempts, payload, error history and result."""
+    ob = _outbox(schema)
+    with _connect(dsn) as conn, _errors():
+        job = ob.get_job(conn, job_id)
+    if job is None:
+        _fail(f"no job {job_id} in schema {schema!r}")
+    if as_json:
+        typer.echo(job.model_dump_json(indent=2))
+        return
+    _print_job(job)
+
+
+def _print_job(job: Job) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = Console(width=200)
+    fields = Table.grid(padding=(0, 2))
+    for name in ("id", "kind", "queue", "state", "priority", "attempts", "max_attempts",
+                 "run_at", "created_at", "finished_at", "leased_by", "leased_until",
+                 "unique_key"):  # fmt: skip
+        value = getattr(job, name)
+        fields.add_row(f"[bold]{name}[/]", escape("-" if value is None else str(value)))
+    fields.add_row("[bold]payload[/]", escape(json.dumps(job.payload, ensure_ascii=False)))
+    if job.result is not None:
+        fields.add_row("[bold]result[/]", escape(json.dumps(job.result, ensure_ascii=False)))
+    console.print(fields)
+    if job.errors:
+        errors = Table("attempt", "at", "error", title="errors, oldest first")
+        for entry in job.errors:
+            errors.add_row(
+                str(entry.get("attempt")), escape(str(entry.get("at"))), escape(entry["error"])
+            )
+        console.print(errors)
 
 
 @app.command()

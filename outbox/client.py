@@ -8,7 +8,7 @@ commits.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar, overload
@@ -21,7 +21,7 @@ from outbox import migrations as _migrate
 from outbox import status as _status
 from outbox import tracing as _tracing
 from outbox.db import AnyConnection, Plan, execute
-from outbox.errors import ConfigurationError, UnknownQueueError
+from outbox.errors import ConfigurationError, InvalidOptionError, UnknownQueueError
 from outbox.models import Job, JobState, NewJob, Stats
 from outbox.queries import check_schema_name
 from outbox.safety import MAX_PAYLOAD_BYTES, sanitize_queue
@@ -218,6 +218,98 @@ class Outbox:
         return self._run(conn, _admin.cancel_plan(self.schema, job_id))
 
     @overload
+    def discard(self, conn: SyncConn, job_id: int, reason: str = "") -> bool: ...
+    @overload
+    def discard(self, conn: AsyncConn, job_id: int, reason: str = "") -> Awaitable[bool]: ...
+    def discard(self, conn: AnyConnection, job_id: int, reason: str = "") -> bool | Awaitable[bool]:
+        """Give up on a pending or running job: it ends ``discarded`` with ``reason`` stored.
+
+        A running job is stopped as ``cancel`` stops it. Returns False when the job had
+        already finished or does not exist.
+        """
+        return self._run(conn, _admin.discard_plan(self.schema, _job_id(job_id), reason))
+
+    @overload
+    def retry(self, conn: SyncConn, job_id: int) -> bool: ...
+    @overload
+    def retry(self, conn: AsyncConn, job_id: int) -> Awaitable[bool]: ...
+    def retry(self, conn: AnyConnection, job_id: int) -> bool | Awaitable[bool]:
+        """Run a failed, discarded or cancelled job again, now (a pending one: run it now).
+
+        Its history is kept; a job whose attempts are spent gets one more. Returns False when
+        the job is running, succeeded or does not exist; raises DuplicateJobError when another
+        unfinished job holds its unique key.
+        """
+        return self._run(conn, _admin.retry_plan(self.schema, _job_id(job_id)))
+
+    @overload
+    def retry_many(
+        self,
+        conn: SyncConn,
+        *,
+        state: JobState | str = ...,
+        kind: str | None = ...,
+        queue: str | None = ...,
+        progress: Callable[[int], None] | None = ...,
+    ) -> int: ...
+    @overload
+    def retry_many(
+        self,
+        conn: AsyncConn,
+        *,
+        state: JobState | str = ...,
+        kind: str | None = ...,
+        queue: str | None = ...,
+        progress: Callable[[int], None] | None = ...,
+    ) -> Awaitable[int]: ...
+    def retry_many(
+        self, conn: AnyConnection, *, state: JobState | str = JobState.FAILED,
+        kind: str | None = None, queue: str | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> int | Awaitable[int]:  # fmt: skip
+        """Retry every job in ``state`` (default ``failed``), optionally of one kind or queue.
+
+        Works in batches of 1,000 (each its own transaction on an autocommit connection);
+        ``progress`` is called with each batch's size. Returns how many jobs were made pending;
+        jobs whose unique key another unfinished job holds are skipped.
+        """
+        plan = _admin.retry_many_plan(
+            self.schema, state=state, kind=kind, queue=queue, progress=progress
+        )
+        return self._run(conn, plan)
+
+    @overload
+    def count(
+        self,
+        conn: SyncConn,
+        *,
+        state: JobState | str,
+        kind: str | None = ...,
+        queue: str | None = ...,
+    ) -> int: ...
+    @overload
+    def count(
+        self,
+        conn: AsyncConn,
+        *,
+        state: JobState | str,
+        kind: str | None = ...,
+        queue: str | None = ...,
+    ) -> Awaitable[int]: ...
+    def count(
+        self, conn: AnyConnection, *, state: JobState | str, kind: str | None = None,
+        queue: str | None = None,
+    ) -> int | Awaitable[int]:  # fmt: skip
+        """Count the jobs in ``state``, optionally of one kind or in one queue."""
+        try:
+            wanted = JobState(state)
+        except ValueError:
+            raise InvalidOptionError(
+                f"state must be one of {[s.value for s in JobState]}, got {state!r}"
+            ) from None
+        return self._run(conn, _admin.count_plan(self.schema, wanted, kind, queue))
+
+    @overload
     def prune(self, conn: SyncConn, older_than: timedelta) -> int: ...
     @overload
     def prune(self, conn: AsyncConn, older_than: timedelta) -> Awaitable[int]: ...
@@ -256,3 +348,9 @@ def _check_connection(conn: object, plan: Plan[Any] | None = None) -> None:
     raise ConfigurationError(
         f"expected a psycopg Connection or AsyncConnection, got {type(conn).__name__}"
     )
+
+
+def _job_id(job_id: object) -> int:
+    if isinstance(job_id, bool) or not isinstance(job_id, int) or not 1 <= job_id < 2**63:
+        raise InvalidOptionError(f"a job id is a positive int, got {job_id!r}")
+    return job_id

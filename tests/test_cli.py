@@ -170,3 +170,85 @@ def test_readme_example_runs(scratch_dsn):
     )
     assert result.returncode == 0, result.stderr
     assert "succeeded, result {'sent_to': 'ada@example.com'}" in result.stdout
+
+
+def fail_jobs(conn, schema: str, *ids: int) -> None:
+    conn.execute(
+        f"UPDATE \"{schema}\".jobs SET state = 'failed', finished_at = now(), attempts = 1,"
+        ' last_error = \'boom\', errors = \'[{"attempt": 1, "error": "<b>boom</b>"}]\''
+        " WHERE id = ANY(%s)",
+        (list(ids),),
+    )
+
+
+def test_inspect_shows_a_job_as_a_table_or_json(dsn, ob, conn):
+    job_id = ob.enqueue(conn, "x", {"to": "[red]ada[/]"})
+    fail_jobs(conn, ob.schema, job_id)
+    shown = outbox_cmd("inspect", str(job_id), "--schema", ob.schema, dsn=dsn)
+    assert shown.returncode == 0, shown.stderr
+    assert "failed" in shown.stdout and "[red]ada[/]" in shown.stdout  # markup is shown as text
+    assert "<b>boom</b>" in shown.stdout
+    data = json.loads(
+        outbox_cmd("inspect", str(job_id), "--json", "--schema", ob.schema, dsn=dsn).stdout
+    )
+    assert (data["id"], data["state"], data["payload"]) == (job_id, "failed", {"to": "[red]ada[/]"})
+    missing = outbox_cmd("inspect", "999999", "--schema", ob.schema, dsn=dsn)
+    assert missing.returncode == 1 and "no job 999999" in missing.stderr
+
+
+def test_retry_by_id_then_in_bulk_by_kind(dsn, ob, conn):
+    one, *bulk = (ob.enqueue(conn, "x") for _ in range(4))
+    other = ob.enqueue(conn, "y")
+    fail_jobs(conn, ob.schema, one, *bulk, other)
+    by_id = outbox_cmd("retry", str(one), "--schema", ob.schema, dsn=dsn)
+    assert by_id.returncode == 0, by_id.stderr
+    assert f"retried job {one}" in by_id.stdout
+    assert ob.get_job(conn, one).state == "pending"
+    by_kind = outbox_cmd("retry", "--kind", "x", "--schema", ob.schema, dsn=dsn)
+    assert by_kind.returncode == 0, by_kind.stderr
+    assert "retried 3 failed jobs" in by_kind.stdout
+    assert ob.get_job(conn, other).state == "failed"
+    again = outbox_cmd("retry", str(one), "--schema", ob.schema, dsn=dsn)
+    assert again.returncode == 0  # a pending job: made runnable now
+    running = ob.enqueue(conn, "x")
+    conn.execute(f"UPDATE \"{ob.schema}\".jobs SET state = 'running' WHERE id = %s", (running,))
+    refused = outbox_cmd("retry", str(running), "--schema", ob.schema, dsn=dsn)
+    assert refused.returncode == 1 and str(running) in refused.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "give job ids, or choose"),
+        (["1", "--kind", "x"], "not both"),
+        (["--all", "--state", "running"], "--state must be one of"),
+    ],
+)
+def test_retry_refuses_ambiguous_or_unsafe_arguments(dsn, ob, args, message):
+    result = outbox_cmd("retry", *args, "--schema", ob.schema, dsn=dsn)
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+def test_discard_stores_the_reason_and_refuses_a_finished_job(dsn, ob, conn):
+    job_id = ob.enqueue(conn, "x")
+    done = outbox_cmd("discard", str(job_id), "--reason", "spam", "--schema", ob.schema, dsn=dsn)
+    assert done.returncode == 0, done.stderr
+    job = ob.get_job(conn, job_id)
+    assert job.state == "discarded" and "spam" in job.last_error
+    again = outbox_cmd("discard", str(job_id), "--schema", ob.schema, dsn=dsn)
+    assert again.returncode == 1 and "not pending or running" in again.stderr
+
+
+@pytest.mark.parametrize("command", [["inspect", "1"], ["retry", "1"], ["discard", "1"]])
+def test_admin_commands_without_a_database_exit_2(command):
+    result = outbox_cmd(*command)
+    assert result.returncode == 2
+    assert "OUTBOX_DSN" in result.stderr
+
+
+@pytest.mark.parametrize("command", [["inspect", "1"], ["retry", "--all"], ["discard", "1"]])
+def test_admin_commands_against_a_dead_database_exit_1(command):
+    result = outbox_cmd(*command, dsn="postgresql://postgres@127.0.0.1:1/none?connect_timeout=1")
+    assert result.returncode == 1
+    assert "cannot connect" in result.stderr
