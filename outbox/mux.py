@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, TypeVar, overload
 
 from pydantic import BaseModel
@@ -17,6 +18,7 @@ from pydantic import BaseModel
 from outbox.backoff import Backoff
 from outbox.errors import ConfigurationError, HandlerNotFoundError
 from outbox.models import Job
+from outbox.periodic import Schedule
 from outbox.safety import sanitize_kind
 
 __all__ = ["Handler", "HandlerMux", "Route"]
@@ -50,6 +52,41 @@ class HandlerMux:
 
     def __init__(self) -> None:
         self._routes: dict[str, Route] = {}
+        self._schedules: dict[str, Schedule] = {}
+
+    def periodic(
+        self,
+        kind: str,
+        *,
+        cron: str | None = None,
+        every: timedelta | float | None = None,
+        name: str | None = None,
+        payload: Any = None,
+        tz: str = "UTC",
+        queue: str = "default",
+        priority: int = 0,
+        max_attempts: int = 3,
+    ) -> None:
+        """Enqueue a ``kind`` job on a schedule: ``cron`` (five fields, in ``tz``) or ``every``.
+
+        Any number of runners with this schedule enqueue exactly one job per tick between
+        them (its unique key names the tick). After downtime the latest missed tick runs once
+        and the skipped ones are logged. ``name`` (default: the kind) identifies the schedule
+        in the database: two schedules of one kind need two names.
+        """
+        schedule = Schedule.build(
+            name or kind, kind, cron=cron, every=every, tz=tz, payload=payload, queue=queue,
+            priority=priority, max_attempts=max_attempts,
+        )  # fmt: skip
+        if schedule.name in self._schedules:
+            raise ConfigurationError(
+                f"a schedule named {schedule.name!r} is already registered: pass name="
+            )
+        self._schedules[schedule.name] = schedule
+
+    def schedules(self) -> list[Schedule]:
+        """The registered schedules, by name."""
+        return [self._schedules[name] for name in sorted(self._schedules)]
 
     @overload
     def register(

@@ -30,7 +30,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
@@ -71,6 +71,9 @@ PRUNE_EVERY = 60.0
 
 GATHER_SECONDS = 0.002
 """With a backlog, how long a lane waits for more free slots before leasing a small batch."""
+
+PERIODIC_MAX_SLEEP = 30.0
+"""Longest wait between looks at the periodic schedules (a changed row is seen this soon)."""
 
 FLUSH_TIMEOUT = 5.0
 """How long a stopping runner keeps trying to write the outcomes it holds."""
@@ -194,7 +197,7 @@ class Runner:
     ) -> None:
         if [dsn, pool, store].count(None) != 2:
             raise ConfigurationError("give the runner a dsn, a pool or a store (one of them)")
-        if not len(mux):
+        if not len(mux) and not mux.schedules():
             raise ConfigurationError("the mux has no handlers: register at least one kind")
         for name, value in (("concurrency", concurrency), ("batch_size", batch_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -340,6 +343,8 @@ class Runner:
             asyncio.create_task(self._maintenance_loop(store)),
             asyncio.create_task(self._listen_loop(store)),
         ]
+        if self.mux.schedules():
+            helpers.append(asyncio.create_task(self._periodic_loop(store)))
         try:
             await self._stopping.wait()
         except asyncio.CancelledError:
@@ -713,6 +718,31 @@ class Runner:
             except OutboxError as exc:
                 self._log.warning("runner.maintenance_failed", error=safe_failure_message(exc))
             await asyncio.sleep(self.lease_seconds / 3)
+
+    async def _periodic_loop(self, store: Store) -> None:
+        schedules = self.mux.schedules()
+        registered = False
+        while True:
+            pause = PERIODIC_MAX_SLEEP
+            try:
+                if not registered:
+                    await store.register_periodic(schedules)
+                    registered = True
+                fired, upcoming = await store.fire_periodic(schedules)
+                for tick in fired:
+                    self._log.debug("periodic.enqueued", schedule=tick.name, job_id=tick.job_id)
+                    if tick.missed:
+                        self._log.warning(
+                            "periodic.missed_ticks", schedule=tick.name, missed=tick.missed,
+                            advice="no runner with this schedule was up: the latest missed "
+                            "tick ran once, the earlier ones were skipped",
+                        )  # fmt: skip
+                until = (upcoming - datetime.now(timezone.utc)).total_seconds()
+                # Clocks differ a little between hosts: look again just after the tick.
+                pause = min(max(until + 0.01, 0.05), PERIODIC_MAX_SLEEP)
+            except OutboxError as exc:
+                self._log.warning("runner.periodic_failed", error=safe_failure_message(exc))
+            await asyncio.sleep(pause)
 
     # -- wake-ups ----------------------------------------------------------------------------
 

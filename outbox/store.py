@@ -25,6 +25,7 @@ from outbox.db import Plan, Rows, Statement, arun, run
 from outbox.errors import ConfigurationError, DatabaseError
 from outbox.migrations import check_schema
 from outbox.observe import get_logger
+from outbox.periodic import Fired, Schedule, fire_due_plan, register_plan
 from outbox.safety import safe_failure_message
 
 __all__ = ["POOL_SIZE", "Leased", "Outcome", "PgStore", "Store", "heartbeat_plan"]
@@ -111,6 +112,15 @@ class Store(Protocol):
 
     def notifications(self) -> AsyncIterator[None]:
         """Yield whenever new jobs may be runnable (it may never yield: runners also poll)."""
+
+    async def register_periodic(self, schedules: Sequence[Schedule]) -> None:
+        """Record schedules not seen before (or changed), starting at their next tick."""
+
+    async def fire_periodic(self, schedules: Sequence[Schedule]) -> tuple[list[Fired], datetime]:
+        """Enqueue the job of each due tick, once across all runners.
+
+        Returns what this call fired and when the next tick of any schedule is due.
+        """
 
 
 def heartbeat_plan(
@@ -338,6 +348,16 @@ class PgStore:
     async def rescue(self, limit: int) -> int:
         """Retry (or fail) jobs whose lease expired."""
         return len(await self._execute("rescue", {"limit": limit}))
+
+    async def register_periodic(self, schedules: Sequence[Schedule]) -> None:
+        """Record new or changed schedules (one statement)."""
+        async with self.pool.connection() as conn:
+            await arun(conn, register_plan(self.schema, list(schedules)))
+
+    async def fire_periodic(self, schedules: Sequence[Schedule]) -> tuple[list[Fired], datetime]:
+        """Enqueue due ticks in one transaction: jobs and moved schedules commit together."""
+        async with self.pool.connection() as conn, conn.transaction():
+            return await arun(conn, fire_due_plan(self.schema, list(schedules)))
 
     async def prune(self, older_than: float) -> int:
         """Delete old finished jobs, batch by batch."""

@@ -30,6 +30,7 @@ from outbox.enqueuing import IfExists, prepare
 from outbox.errors import DuplicateJobError
 from outbox.models import FINAL_STATES, Job, JobState
 from outbox.mux import HandlerMux
+from outbox.periodic import Fired, Schedule
 from outbox.runner import Runner
 from outbox.safety import ERROR_HISTORY_LIMIT
 from outbox.store import Leased, Outcome, Store
@@ -53,6 +54,7 @@ class InMemoryStore:
         self._next_id = 1
         self._lock = threading.Lock()
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+        self._periodic: dict[str, tuple[str, datetime]] = {}
 
     # -- the test's side ------------------------------------------------------------------
 
@@ -266,6 +268,36 @@ class InMemoryStore:
             for job_id in old:
                 del self._jobs[job_id]
             return len(old)
+
+    async def register_periodic(self, schedules: Sequence[Schedule]) -> None:
+        """Record new or changed schedules, starting at their next tick."""
+        now = self._clock()
+        with self._lock:
+            for s in schedules:
+                if self._periodic.get(s.name, ("", now))[0] != s.spec:
+                    self._periodic[s.name] = (s.spec, s.next_after(now))
+
+    async def fire_periodic(self, schedules: Sequence[Schedule]) -> tuple[list[Fired], datetime]:
+        """Enqueue the job of each due tick (the latest one after downtime)."""
+        now = self._clock()
+        fired = []
+        for s in schedules:
+            with self._lock:
+                spec, due = self._periodic[s.name]
+                if due > now:
+                    continue
+                tick, missed = due, 0
+                while (upcoming := s.next_after(tick)) <= now:
+                    tick, missed = upcoming, missed + 1
+                self._periodic[s.name] = (spec, upcoming)
+            job_id = self.enqueue(
+                s.kind, orjson.loads(s.payload), queue=s.queue, priority=s.priority,
+                max_attempts=s.max_attempts, unique_key=s.unique_key(tick),
+            )  # fmt: skip
+            fired.append(Fired(s.name, tick, job_id, missed))
+        with self._lock:
+            nexts = [self._periodic[s.name][1] for s in schedules]
+        return fired, max(min(nexts, default=now), now)
 
     async def notifications(self) -> AsyncIterator[None]:
         """Yield after each enqueue."""
