@@ -366,6 +366,27 @@ def run(
     shutdown_timeout: Annotated[
         float, typer.Option(min=0, help="Seconds to wait for running jobs on stop.")
     ] = DEFAULT_SHUTDOWN_TIMEOUT,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=65535,
+            envvar="OUTBOX_METRICS_PORT",
+            show_default=False,
+            help="Serve Prometheus metrics on this port (needs outbox[prometheus]).",
+        ),
+    ] = None,
+    metrics_addr: Annotated[
+        str, typer.Option(envvar="OUTBOX_METRICS_ADDR", help="Address the metrics server binds.")
+    ] = "127.0.0.1",
+    error_sink: Annotated[
+        str | None,
+        typer.Option(
+            envvar="OUTBOX_ERROR_SINK_URL",
+            show_default=False,
+            help="POST retried, failed and discarded attempts to this URL as CloudEvents.",
+        ),
+    ] = None,
 ) -> None:
     """Run jobs until SIGTERM or SIGINT (a second signal stops at once)."""
     obj = _load_target(target)
@@ -383,7 +404,44 @@ def run(
                 lease_seconds=lease,
                 shutdown_timeout=shutdown_timeout,
             )
-        asyncio.run(_run_until_signalled(runner))
+        close_sink = _add_observers(runner, dsn, metrics_port, metrics_addr, error_sink)
+        try:
+            asyncio.run(_run_until_signalled(runner))
+        finally:
+            close_sink()
+
+
+def _add_observers(
+    runner: Runner,
+    dsn: str | None,
+    metrics_port: int | None,
+    metrics_addr: str,
+    error_sink: str | None,
+) -> Callable[[], object]:
+    """Chain the metrics observer and the error-event sink after the runner's own observer."""
+    from outbox.events import CloudEventsSink
+    from outbox.observe import Observer, observers
+
+    extra: list[Observer] = []
+    if metrics_port is not None:
+        try:
+            from outbox.metrics import PrometheusObserver, QueueCollector, serve_metrics
+        except ImportError as exc:
+            _fail(str(exc), 2)
+        from prometheus_client import REGISTRY
+
+        extra.append(PrometheusObserver())
+        if dsn:  # a Runner from a factory may use a pool we cannot see: then no queue gauges
+            REGISTRY.register(QueueCollector(dsn, schema=runner.outbox.schema))
+        try:
+            serve_metrics(metrics_port, addr=metrics_addr)
+        except OSError as exc:
+            _fail(f"cannot serve metrics on {metrics_addr}:{metrics_port}: {exc}")
+    sink = CloudEventsSink(error_sink, source=f"outbox/{runner.outbox.schema}")
+    if sink.enabled:
+        extra.append(sink)
+    runner.observer = observers(runner.observer, *extra)
+    return sink.close
 
 
 @app.command()

@@ -252,3 +252,29 @@ def test_admin_commands_against_a_dead_database_exit_1(command):
     result = outbox_cmd(*command, dsn="postgresql://postgres@127.0.0.1:1/none?connect_timeout=1")
     assert result.returncode == 1
     assert "cannot connect" in result.stderr
+
+
+def test_run_serves_prometheus_metrics_on_its_port(dsn, ob, conn, effects):
+    import httpx
+
+    from tests.helpers import free_port, start_runner, states, stop, wait_for
+
+    port = free_port()
+    proc = start_runner(dsn, ob.schema, "--metrics-port", str(port))
+    try:
+        ob.enqueue(conn, "effect")
+        wait_for(lambda: states(dsn, ob.schema).get("succeeded") == 1, 30)
+        lines = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text.splitlines()
+    finally:
+        assert stop(proc) == 0
+    done = [line for line in lines if line.startswith("outbox_jobs_total{")]
+    assert any('kind="effect"' in line and 'outcome="succeeded"' in line for line in done)
+    assert "outbox_collector_up 1.0" in lines
+
+
+def test_run_refuses_an_error_sink_that_is_not_http(dsn, ob):
+    result = outbox_cmd(
+        "run", "tests.jobs_app:mux", "--error-sink", "ftp://x", "--schema", ob.schema, dsn=dsn
+    )
+    assert result.returncode == 2
+    assert "http" in result.stderr

@@ -22,3 +22,18 @@ LIMIT %(limit)s
 SELECT queue, kind, state::text, jobs, oldest_runnable_age
 FROM {schema}.job_counts
 ORDER BY queue, kind, state
+
+-- name: queue_depth
+-- For metrics, per queue and kind: runnable, scheduled and running jobs, and the oldest
+-- runnable one's age. `state = 'pending' OR state = 'running'` (not `state IN (...)`) lets the
+-- planner combine the partial indexes jobs_pending_idx and jobs_running_idx in a BitmapOr:
+-- finished rows, usually nearly all of the table, are never read. An IN list gives a seq scan.
+SELECT queue, kind,
+       count(*) FILTER (WHERE state = 'pending' AND run_at <= now()) AS available,
+       count(*) FILTER (WHERE state = 'pending' AND run_at > now()) AS scheduled,
+       count(*) FILTER (WHERE state = 'running') AS running,
+       extract(epoch FROM now() - min(run_at) FILTER (WHERE state = 'pending' AND run_at <= now()))
+           ::float8 AS oldest_available_age
+FROM {schema}.jobs
+WHERE state = 'pending' OR state = 'running'
+GROUP BY queue, kind
