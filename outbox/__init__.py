@@ -65,6 +65,7 @@ __all__ = [
     "UnknownQueueError",
     "UnserializablePayloadError",
     "cancel",
+    "count",
     "discard",
     "enqueue",
     "enqueue_many",
@@ -84,6 +85,7 @@ __all__ = [
 _DEFAULT = Outbox()
 
 cancel = _DEFAULT.cancel
+count = _DEFAULT.count
 discard = _DEFAULT.discard
 enqueue = _DEFAULT.enqueue
 enqueue_many = _DEFAULT.enqueue_many
