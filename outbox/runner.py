@@ -512,7 +512,7 @@ class Runner:
             except ValidationError as exc:
                 raise PermanentError(f"MalformedPayload: {exc}") from None
             job = job.model_copy(update={"payload": payload})
-        if not tracing.ENABLED:
+        if not tracing.ENABLED or not tracing.recording():
             return await self._invoke_within_timeout(route, job)
         with tracing.job_span(job):
             return await self._invoke_within_timeout(route, job)
