@@ -22,7 +22,9 @@ import typer
 
 from outbox.admin import RETRYABLE_STATES
 from outbox.client import DEFAULT_SCHEMA, Outbox
+from outbox.db import execute
 from outbox.errors import ConfigurationError, OutboxError
+from outbox.migrations import check_schema
 from outbox.models import Job, JobState, Stats
 from outbox.mux import HandlerMux
 from outbox.runner import DEFAULT_LEASE_SECONDS, DEFAULT_SHUTDOWN_TIMEOUT, Runner
@@ -442,6 +444,35 @@ def _add_observers(
         extra.append(sink)
     runner.observer = observers(runner.observer, *extra)
     return sink.close
+
+
+@app.command()
+def dashboard(
+    dsn: DsnOption = None,
+    schema: SchemaOption = DEFAULT_SCHEMA,
+    host: Annotated[
+        str, typer.Option(help="Address to bind; anything but 127.0.0.1 exposes it.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8080,
+    read_only: Annotated[
+        bool, typer.Option("--read-only", help="Hide every action; refuse every POST.")
+    ] = False,
+) -> None:
+    """Serve the web dashboard (needs outbox[dashboard]); it has no login of its own."""
+    url = _require_dsn(dsn)
+    ob = _outbox(schema)
+    try:
+        import uvicorn
+
+        from outbox.dashboard import create_app
+    except ImportError as exc:
+        _fail(f"the dashboard needs its extra: pip install 'outbox[dashboard]' ({exc})", 2)
+    with _connect(url) as conn, _errors():
+        execute(conn, check_schema(ob.schema))  # an unmigrated schema fails here, clearly
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        typer.echo(f"outbox: serving on {host}: put it behind your own authentication", err=True)
+    web = create_app(dsn=url, outbox=ob, read_only=read_only)
+    uvicorn.run(web, host=host, port=port, log_level="warning")
 
 
 @app.command()

@@ -205,6 +205,17 @@ class Outbox:
         return self._run(conn, _status.stats_plan(self.schema))
 
     @overload
+    def overview(self, conn: SyncConn) -> _status.Overview: ...
+    @overload
+    def overview(self, conn: AsyncConn) -> Awaitable[_status.Overview]: ...
+    def overview(self, conn: AnyConnection) -> _status.Overview | Awaitable[_status.Overview]:
+        """Live and problem jobs per queue and kind, counted from indexes only.
+
+        The dashboard's first page: cheap however many finished jobs the table holds.
+        """
+        return self._run(conn, _status.overview_plan(self.schema))
+
+    @overload
     def cancel(self, conn: SyncConn, job_id: int) -> bool: ...
     @overload
     def cancel(self, conn: AsyncConn, job_id: int) -> Awaitable[bool]: ...

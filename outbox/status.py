@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -14,9 +15,13 @@ from outbox.safety import sanitize_kind
 __all__ = [
     "JOB_COLUMNS",
     "LIST_LIMIT_MAX",
+    "OVERVIEW_STATES",
+    "Overview",
+    "QueueOverview",
     "get_job_plan",
     "job_from_row",
     "list_jobs_plan",
+    "overview_plan",
     "stats_plan",
 ]
 
@@ -130,3 +135,50 @@ def stats_plan(schema: str) -> Plan[Stats]:
     return Stats(
         by_kind=by_kind, totals=totals, oldest_runnable_age=max(ages.values(), default=None)
     )
+
+
+@dataclass(frozen=True, slots=True)
+class QueueOverview:
+    """One queue and kind's live and problem counts, all read from indexes."""
+
+    queue: str
+    kind: str
+    counts: dict[str, int]
+    """By ``pending`` (runnable now), ``scheduled``, ``running``, ``failed``, ``discarded``,
+    ``cancelled``."""
+    oldest_pending_seconds: float | None
+    """How long the oldest runnable job has waited; None when none waits."""
+
+
+@dataclass(frozen=True, slots=True)
+class Overview:
+    """What the dashboard's first page shows."""
+
+    rows: list[QueueOverview]
+    totals: dict[str, int]
+    estimated_succeeded: int | None
+    """The table's row estimate less the counted jobs: None before the first ANALYZE."""
+
+
+OVERVIEW_STATES = ("pending", "scheduled", "running", "failed", "discarded", "cancelled")
+"""The columns of an overview, in order."""
+
+
+def overview_plan(schema: str) -> Plan[Overview]:
+    """Counts per queue and kind for live and problem jobs, from indexes only."""
+    rows = yield Statement(queries.query("overview", schema))
+    pairs: dict[tuple[str, str], QueueOverview] = {}
+    totals = dict.fromkeys(OVERVIEW_STATES, 0)
+    for queue, kind, state, count, oldest in rows:
+        pair = pairs.get((queue, kind))
+        if pair is None:
+            pair = QueueOverview(queue, kind, dict.fromkeys(OVERVIEW_STATES, 0), None)
+        if oldest is not None:
+            pair = QueueOverview(queue, kind, pair.counts, oldest)
+        pairs[(queue, kind)] = pair
+        pair.counts[state] += count
+        totals[state] += count
+    estimate = yield Statement(queries.query("estimated_rows", schema), (schema,))
+    estimated = estimate[0][0] if estimate else -1
+    succeeded = None if estimated < 0 else max(0, estimated - sum(totals.values()))
+    return Overview(list(pairs.values()), totals, succeeded)

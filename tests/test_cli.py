@@ -278,3 +278,14 @@ def test_run_refuses_an_error_sink_that_is_not_http(dsn, ob):
     )
     assert result.returncode == 2
     assert "http" in result.stderr
+
+
+def test_dashboard_without_a_database_exits_2():
+    result = outbox_cmd("dashboard")
+    assert result.returncode == 2 and "OUTBOX_DSN" in result.stderr
+
+
+def test_dashboard_on_an_unmigrated_schema_says_what_to_run(dsn):
+    result = outbox_cmd("dashboard", "--schema", "never_migrated", dsn=dsn)
+    assert result.returncode == 1
+    assert "outbox migrate" in result.stderr
