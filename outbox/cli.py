@@ -177,12 +177,7 @@ def cancel(
     schema: SchemaOption = DEFAULT_SCHEMA,
 ) -> None:
     """Cancel a pending or running job."""
-    ob = _outbox(schema)
-    with _connect(dsn) as conn, _errors():
-        done = ob.cancel(conn, job_id)
-    if not done:
-        _fail(f"job {job_id} is not pending or running (finished, or no such job)")
-    typer.echo(f"cancelled job {job_id}")
+    _end_live_job(dsn, schema, job_id, "cancelled", lambda ob, conn: ob.cancel(conn, job_id))
 
 
 @app.command()
@@ -193,12 +188,24 @@ def discard(
     schema: SchemaOption = DEFAULT_SCHEMA,
 ) -> None:
     """Discard a pending or running job (it ends 'discarded', with the reason stored)."""
+    _end_live_job(
+        dsn, schema, job_id, "discarded", lambda ob, conn: ob.discard(conn, job_id, reason)
+    )
+
+
+def _end_live_job(
+    dsn: str | None,
+    schema: str,
+    job_id: int,
+    verb: str,
+    action: Callable[[Outbox, psycopg.Connection[Any]], bool],
+) -> None:
     ob = _outbox(schema)
     with _connect(dsn) as conn, _errors():
-        done = ob.discard(conn, job_id, reason)
+        done = action(ob, conn)
     if not done:
         _fail(f"job {job_id} is not pending or running (finished, or no such job)")
-    typer.echo(f"discarded job {job_id}")
+    typer.echo(f"{verb} job {job_id}")
 
 
 @app.command()
