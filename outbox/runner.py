@@ -48,7 +48,7 @@ from outbox.errors import (
     RetryableError,
 )
 from outbox.heartbeat import HeartbeatThread
-from outbox.models import Job, JobState
+from outbox.models import Job, JobState, trusted_job
 from outbox.mux import HandlerMux, Route
 from outbox.observe import Observer, Outcome, get_logger, job_event, noop_observer
 from outbox.safety import safe_failure_message, safe_label, sanitize_queue
@@ -237,6 +237,7 @@ class Runner:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._executor: ThreadPoolExecutor | None = None
+        self._tracing = False
 
     @staticmethod
     def _make_lanes(
@@ -473,6 +474,8 @@ class Runner:
                     continue
                 delay = 0.1
                 got = len(rows)
+                # Per batch, not per job: asking OpenTelemetry costs microseconds.
+                self._tracing = tracing.ENABLED and tracing.recording()
                 for row in rows:
                     self._start(lane, row)
                 if got:
@@ -492,12 +495,14 @@ class Runner:
     def _start(self, lane: _Lane, row: Leased) -> None:
         job_id, kind, queue, payload, priority, attempts, max_attempts, run_at, created = row[:9]
         key, meta = row[9], row[10]
-        job = Job.model_construct(
-            id=job_id, kind=kind, queue=queue, payload=payload, state=JobState.RUNNING,
-            priority=priority, attempts=attempts, max_attempts=max_attempts, run_at=run_at,
-            created_at=created, unique_key=key, leased_by=self.runner_id, finished_at=None,
-            leased_until=None, last_error=None, errors=[], result=None, metadata=meta,
-        )  # fmt: skip
+        job = trusted_job({
+            "id": job_id, "kind": kind, "queue": queue, "payload": payload,
+            "state": JobState.RUNNING, "priority": priority, "attempts": attempts,
+            "max_attempts": max_attempts, "run_at": run_at, "created_at": created,
+            "finished_at": None, "leased_until": None, "leased_by": self.runner_id,
+            "last_error": None, "errors": [], "unique_key": key, "result": None,
+            "metadata": meta,
+        })  # fmt: skip
         held = _Held(job, lane, self.mux.route(kind))
         lane.busy += 1
         self._held[job_id] = held
@@ -512,7 +517,7 @@ class Runner:
             except ValidationError as exc:
                 raise PermanentError(f"MalformedPayload: {exc}") from None
             job = job.model_copy(update={"payload": payload})
-        if not tracing.ENABLED or not tracing.recording():
+        if not self._tracing:
             return await self._invoke_within_timeout(route, job)
         with tracing.job_span(job):
             return await self._invoke_within_timeout(route, job)

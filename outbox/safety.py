@@ -6,6 +6,7 @@ passes through one of these helpers first, so none of them can grow without boun
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Final
 
@@ -118,6 +119,13 @@ def safe_label(value: object) -> str:
     Lowercase ``a-z 0-9 _ . -`` only (other runs become ``_``), at most LABEL_MAX_LENGTH
     characters, and LABEL_FALLBACK when nothing is left.
     """
-    text = value if isinstance(value, str) else str(value) if value is not None else ""
+    if isinstance(value, str):
+        return _label(value)
+    return _label(str(value) if value is not None else "")
+
+
+@functools.lru_cache(maxsize=4096)
+def _label(text: str) -> str:
+    # Cached: the runner labels every job's kind and queue, and those are few.
     label = _LABEL_DISALLOWED.sub("_", text.strip().lower())[:LABEL_MAX_LENGTH].strip("_")
     return label or LABEL_FALLBACK

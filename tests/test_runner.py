@@ -670,3 +670,21 @@ async def test_jobs_run_without_their_outcome_written_stay_within_concurrency_pl
     async with running(runner):
         await eventually(lambda: recorded == 300, timeout=30)
     assert 8 < worst <= 8 + 5
+
+
+def test_trusted_job_is_the_same_job_model_construct_builds():
+    from outbox.models import JobState, trusted_job
+
+    now = datetime.now(timezone.utc)
+    values = {
+        "id": 1, "kind": "k", "queue": "default", "payload": {"a": 1}, "state": JobState.RUNNING,
+        "priority": 0, "attempts": 1, "max_attempts": 3, "run_at": now, "created_at": now,
+        "finished_at": None, "leased_until": None, "leased_by": "r", "last_error": None,
+        "errors": [], "unique_key": None, "result": None, "metadata": None,
+    }  # fmt: skip
+    fast, slow = trusted_job(dict(values)), Job.model_construct(**values)
+    assert fast == slow
+    assert fast.model_dump() == slow.model_dump()
+    assert fast.model_copy(update={"payload": 2}).payload == 2
+    with pytest.raises(ValueError, match="frozen"):
+        fast.kind = "x"
