@@ -15,11 +15,12 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import orjson
 from croniter import croniter
 
 from outbox import queries
 from outbox.db import Plan, Statement
-from outbox.enqueuing import JobRow, dump_payload
+from outbox.enqueuing import dump_payload
 from outbox.errors import ConfigurationError
 from outbox.safety import MAX_PAYLOAD_BYTES, sanitize_kind, sanitize_queue
 
@@ -105,6 +106,25 @@ class Schedule:
         after: datetime = croniter(self.cron, local).get_next(datetime)
         return after.astimezone(timezone.utc)
 
+    def catch_up(self, due: datetime, now: datetime) -> tuple[datetime, int, datetime]:
+        """Where a schedule due at ``due`` stands at ``now``.
+
+        Returns the tick to fire (the latest one not after ``now``), how many ticks before it
+        are skipped, and the tick after it.
+        """
+        tick, missed = due, 0
+        upcoming = self.next_after(tick)
+        while upcoming <= now and missed < MAX_MISSED_COUNTED:
+            tick, missed = upcoming, missed + 1
+            upcoming = self.next_after(tick)
+        if upcoming <= now:  # more missed than we count: start again from now
+            tick, upcoming = now, self.next_after(now)
+        return tick, missed, upcoming
+
+    def metadata(self, tick: datetime) -> str:
+        """The fired job's metadata (JSON text): which schedule and tick enqueued it."""
+        return orjson.dumps({"periodic": {"name": self.name, "tick": tick.isoformat()}}).decode()
+
     def unique_key(self, tick: datetime) -> str:
         """The job's unique key for one tick."""
         return f"periodic:{self.name}:{tick.astimezone(timezone.utc).isoformat()}"
@@ -144,26 +164,14 @@ def fire_due_plan(schema: str, schedules: list[Schedule]) -> Plan[tuple[list[Fir
     rows = yield Statement(queries.query("due_periodic", schema), ([*by_name],))
     fired = []
     for name, due, now in rows:
-        schedule = by_name[name]
-        tick, missed = due, 0
-        upcoming = schedule.next_after(tick)
-        while upcoming <= now and missed < MAX_MISSED_COUNTED:
-            tick, missed = upcoming, missed + 1
-            upcoming = schedule.next_after(tick)
-        if upcoming <= now:  # more missed than we count: start again from now
-            tick, upcoming = now, schedule.next_after(now)
-        job = JobRow(
-            schedule.kind, schedule.queue, schedule.payload, schedule.priority,
-            schedule.max_attempts, None, 0.0, schedule.unique_key(tick),
-            f'{{"periodic": {{"name": "{name}", "tick": "{tick.isoformat()}"}}}}',
-        )  # fmt: skip
+        s = by_name[name]
+        tick, missed, upcoming = s.catch_up(due, now)
         ids = yield Statement(
             queries.query("fire_periodic", schema),
             {
-                "name": name, "due": due, "next": upcoming, "kind": job.kind,
-                "queue": job.queue, "payload": job.payload, "priority": job.priority,
-                "max_attempts": job.max_attempts, "unique_key": job.unique_key,
-                "metadata": job.metadata,
+                "name": name, "due": due, "next": upcoming, "kind": s.kind, "queue": s.queue,
+                "payload": s.payload, "priority": s.priority, "max_attempts": s.max_attempts,
+                "unique_key": s.unique_key(tick), "metadata": s.metadata(tick),
             },
         )  # fmt: skip
         if ids and ids[0][0] is not None:

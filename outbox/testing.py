@@ -286,9 +286,7 @@ class InMemoryStore:
                 spec, due = self._periodic[s.name]
                 if due > now:
                     continue
-                tick, missed = due, 0
-                while (upcoming := s.next_after(tick)) <= now:
-                    tick, missed = upcoming, missed + 1
+                tick, missed, upcoming = s.catch_up(due, now)
                 self._periodic[s.name] = (spec, upcoming)
             job_id = self.enqueue(
                 s.kind, orjson.loads(s.payload), queue=s.queue, priority=s.priority,
