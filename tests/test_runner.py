@@ -601,8 +601,13 @@ async def test_a_handler_blocking_the_event_loop_keeps_its_lease(dsn, ob, conn):
     expired_seen = []
 
     def look_for_expired_leases() -> None:
-        time.sleep(2.0)
-        with psycopg.connect(dsn) as c:
+        # From a thread of its own: the test's event loop stands still with the runner's.
+        with psycopg.connect(dsn, autocommit=True) as c:
+            deadline = time.monotonic() + 10
+            while job_row(dsn, ob.schema, job_id)["state"] != "running":
+                assert time.monotonic() < deadline, "the job never started"
+                time.sleep(0.01)
+            time.sleep(1.5)  # past the 1 s lease, while the handler still blocks the loop
             expired_seen.append(
                 c.execute(
                     f"SELECT count(*) FROM \"{ob.schema}\".jobs"
@@ -611,12 +616,11 @@ async def test_a_handler_blocking_the_event_loop_keeps_its_lease(dsn, ob, conn):
             )
 
     job_id = ob.enqueue(conn, "blocker")
+    watcher = threading.Thread(target=look_for_expired_leases)
+    watcher.start()
     async with running(make_runner(dsn, ob, mux, lease_seconds=1)):
-        await eventually(lambda: ob.get_job(conn, job_id).state == "running")
-        watcher = threading.Thread(target=look_for_expired_leases)
-        watcher.start()
         await eventually(lambda: ob.get_job(conn, job_id).state == "succeeded")
-        watcher.join()
+    watcher.join()
     assert expired_seen == [0]
     assert ob.get_job(conn, job_id).attempts == 1
 
