@@ -11,6 +11,7 @@ from outbox.client import DEFAULT_SCHEMA, Outbox
 from outbox.errors import (
     ConfigurationError,
     DatabaseError,
+    DatabaseUnavailableError,
     DuplicateJobError,
     HandlerNotFoundError,
     InvalidJobError,
@@ -21,6 +22,7 @@ from outbox.errors import (
     PayloadTooLargeError,
     PermanentError,
     RetryableError,
+    RunnerFailedError,
     SchemaError,
     SchemaNotMigratedError,
     SchemaTooNewError,
@@ -30,7 +32,7 @@ from outbox.errors import (
 from outbox.models import FINAL_STATES, Job, JobState, KindStats, NewJob, Stats
 from outbox.mux import HandlerMux
 from outbox.observe import JobEvent, Observer, observers
-from outbox.runner import Runner
+from outbox.runner import Health, Runner
 from outbox.safety import safe_failure_message, safe_label, sanitize_kind
 
 __all__ = [
@@ -39,9 +41,11 @@ __all__ = [
     "Backoff",
     "ConfigurationError",
     "DatabaseError",
+    "DatabaseUnavailableError",
     "DuplicateJobError",
     "HandlerMux",
     "HandlerNotFoundError",
+    "Health",
     "InvalidJobError",
     "InvalidKindError",
     "InvalidOptionError",
@@ -58,6 +62,7 @@ __all__ = [
     "PermanentError",
     "RetryableError",
     "Runner",
+    "RunnerFailedError",
     "SchemaError",
     "SchemaNotMigratedError",
     "SchemaTooNewError",

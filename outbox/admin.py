@@ -11,19 +11,14 @@ from outbox.models import JobState
 from outbox.safety import safe_failure_message
 
 __all__ = [
-    "PRUNE_BATCH",
     "RETRYABLE_STATES",
     "RETRY_BATCH",
     "cancel_plan",
     "count_plan",
     "discard_plan",
-    "prune_plan",
     "retry_many_plan",
     "retry_plan",
 ]
-
-PRUNE_BATCH = 1000
-"""Finished jobs deleted per statement: small, so pruning never holds long locks."""
 
 RETRY_BATCH = 1000
 """Jobs made pending again per statement by a bulk retry."""
@@ -36,18 +31,6 @@ def cancel_plan(schema: str, job_id: int) -> Plan[bool]:
     """Cancel a pending or running job; False when it had already finished (or never existed)."""
     rows = yield Statement(queries.query("cancel", schema), (job_id,))
     return bool(rows)
-
-
-def prune_plan(schema: str, older_than: float, batch: int = PRUNE_BATCH) -> Plan[int]:
-    """Delete finished jobs older than ``older_than`` seconds, a batch per statement."""
-    total = 0
-    while True:
-        rows = yield Statement(
-            queries.query("prune", schema), {"older_than": older_than, "limit": batch}
-        )
-        total += len(rows)
-        if len(rows) < batch:
-            return total
 
 
 def discard_plan(schema: str, job_id: int, reason: str) -> Plan[bool]:

@@ -1,7 +1,13 @@
 """The ``outbox`` command: parses arguments, calls down into the library, prints.
 
 Exit codes: 0 done; 1 the operation failed (database unreachable, schema not migrated, job not
-found); 2 bad usage (unknown option, bad DSN or argument).
+found); 2 bad usage (unknown option, bad DSN or argument). ``outbox run`` says more, so that an
+operator (or systemd, or Kubernetes) can tell a wrong setting from an outage:
+
+- 3 (EXIT_NOT_FIXABLE): the database refused the runner in a way waiting cannot fix: a wrong
+  password, an unknown database or role, a schema not migrated or migrated by a newer outbox;
+- 4 (EXIT_UNREACHABLE): the database could not be reached within ``--wait-for-db`` seconds;
+- 5 (EXIT_SERVICE_FAILED): a runner service kept failing past its restart limit.
 """
 
 from __future__ import annotations
@@ -22,12 +28,24 @@ import typer
 
 from outbox.admin import RETRYABLE_STATES
 from outbox.client import DEFAULT_SCHEMA, Outbox
-from outbox.db import execute
-from outbox.errors import ConfigurationError, OutboxError
+from outbox.db import check_dsn, execute
+from outbox.errors import (
+    ConfigurationError,
+    DatabaseError,
+    DatabaseUnavailableError,
+    OutboxError,
+    RunnerFailedError,
+    SchemaError,
+)
 from outbox.migrations import check_schema
 from outbox.models import Job, JobState, Stats
 from outbox.mux import HandlerMux
-from outbox.runner import DEFAULT_LEASE_SECONDS, DEFAULT_SHUTDOWN_TIMEOUT, Runner
+from outbox.runner import (
+    DEFAULT_LEASE_SECONDS,
+    DEFAULT_SHUTDOWN_TIMEOUT,
+    DEFAULT_WAIT_FOR_DB,
+    Runner,
+)
 
 __all__ = ["app", "main"]
 
@@ -51,6 +69,16 @@ SchemaOption = Annotated[
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
+EXIT_NOT_FIXABLE = 3
+"""``outbox run``: the database refused us, or the schema is wrong; waiting will not help."""
+
+EXIT_UNREACHABLE = 4
+"""``outbox run``: the database could not be reached within ``--wait-for-db`` seconds."""
+
+EXIT_SERVICE_FAILED = 5
+"""``outbox run``: a runner service kept failing past its restart limit."""
+
+
 def _fail(message: str, code: int = 1) -> NoReturn:
     typer.echo(f"outbox: {message}", err=True)
     raise typer.Exit(code)
@@ -60,9 +88,9 @@ def _require_dsn(dsn: str | None) -> str:
     if not dsn:
         _fail("no database given: pass --dsn or set OUTBOX_DSN", 2)
     try:
-        psycopg.conninfo.conninfo_to_dict(dsn)
-    except psycopg.ProgrammingError as exc:
-        _fail(f"invalid DSN: {exc}", 2)
+        check_dsn(dsn)
+    except ConfigurationError as exc:
+        _fail(str(exc), 2)
     return dsn
 
 
@@ -396,8 +424,38 @@ def run(
             help="POST retried, failed and discarded attempts to this URL as CloudEvents.",
         ),
     ] = None,
+    wait_for_db: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            envvar="OUTBOX_WAIT_FOR_DB",
+            help="Seconds to wait at start-up for a database that cannot be reached yet "
+            "(0: fail at once).",
+        ),
+    ] = DEFAULT_WAIT_FOR_DB,
+    health_port: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            max=65535,
+            envvar="OUTBOX_HEALTH_PORT",
+            show_default=False,
+            help="Serve GET /livez and /readyz on this port.",
+        ),
+    ] = None,
+    health_addr: Annotated[
+        str,
+        typer.Option(
+            envvar="OUTBOX_HEALTH_ADDR",
+            help="Address the probe server binds (0.0.0.0 for Kubernetes' kubelet).",
+        ),
+    ] = "127.0.0.1",
 ) -> None:
-    """Run jobs until SIGTERM or SIGINT (a second signal stops at once)."""
+    """Run jobs until SIGTERM or SIGINT (a second signal stops at once).
+
+    Exit codes: 0 stopped by a signal; 3 the database refused us or the schema is wrong;
+    4 the database stayed unreachable past --wait-for-db; 5 a service kept failing.
+    """
     obj = _load_target(target)
     with _errors():
         if isinstance(obj, Runner):
@@ -412,12 +470,33 @@ def run(
                 queues=None if queues is None else [q for q in queues.split(",") if q.strip()],
                 lease_seconds=lease,
                 shutdown_timeout=shutdown_timeout,
+                wait_for_db=wait_for_db,
             )
         close_sink = _add_observers(runner, dsn, metrics_port, metrics_addr, error_sink)
+    probes = None
+    if health_port is not None:
+        from outbox.probes import ProbeServer
+
         try:
-            asyncio.run(_run_until_signalled(runner))
-        finally:
-            close_sink()
+            probes = ProbeServer(runner, port=health_port, host=health_addr).start()
+        except OSError as exc:
+            _fail(f"cannot serve health probes on {health_addr}:{health_port}: {exc}", 2)
+    try:
+        asyncio.run(_run_until_signalled(runner))
+    except DatabaseUnavailableError as exc:
+        _fail(str(exc), EXIT_UNREACHABLE)
+    except (SchemaError, DatabaseError) as exc:
+        _fail(str(exc), EXIT_NOT_FIXABLE)
+    except RunnerFailedError as exc:
+        _fail(f"{exc} (last error: {exc.__cause__!r:.300})", EXIT_SERVICE_FAILED)
+    except ConfigurationError as exc:
+        _fail(str(exc), 2)
+    except OutboxError as exc:
+        _fail(str(exc), 1)
+    finally:
+        close_sink()
+        if probes is not None:
+            probes.close()
 
 
 def _add_observers(

@@ -19,6 +19,7 @@ from outbox import admin as _admin
 from outbox import enqueuing as _enqueue
 from outbox import migrations as _migrate
 from outbox import status as _status
+from outbox import store as _store
 from outbox import tracing as _tracing
 from outbox.db import AnyConnection, Plan, execute
 from outbox.errors import ConfigurationError, InvalidOptionError, UnknownQueueError
@@ -332,7 +333,7 @@ class Outbox:
         """
         if older_than < timedelta(0):
             raise ConfigurationError(f"older_than must not be negative, got {older_than}")
-        plan = _admin.prune_plan(self.schema, older_than.total_seconds())
+        plan = _store.prune_plan(self.schema, older_than.total_seconds())
         return self._run(conn, plan)
 
     @overload

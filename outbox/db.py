@@ -8,6 +8,7 @@ psycopg error is turned into an OutboxError here.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Coroutine, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -15,7 +16,12 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg import errors as pg_errors
 
-from outbox.errors import ConfigurationError, DatabaseError, SchemaNotMigratedError
+from outbox.errors import (
+    ConfigurationError,
+    DatabaseError,
+    DatabaseUnavailableError,
+    SchemaNotMigratedError,
+)
 
 __all__ = [
     "AnyConnection",
@@ -24,6 +30,7 @@ __all__ = [
     "Rows",
     "Statement",
     "arun",
+    "check_dsn",
     "execute",
     "run",
     "translate_error",
@@ -61,18 +68,62 @@ _NOT_MIGRATED = (
 )
 
 
+_UNAVAILABLE_SQLSTATES = ("08", "57P01", "57P02", "57P03", "53300")
+"""Connection exceptions, a server shutting down or starting up, too many connections."""
+
+_CANNOT_WAIT = (
+    "authentication failed",
+    "does not exist",
+    "no pg_hba.conf entry",
+    "permission denied",
+    "password",
+    "not permitted",
+)
+"""Words of libpq connection failures that waiting cannot fix (no sqlstate comes with them)."""
+
+
 def translate_error(exc: psycopg.Error) -> Exception:
-    """Return the OutboxError that stands for a psycopg error (raise it ``from exc``)."""
+    """Return the OutboxError that stands for a psycopg error (raise it ``from exc``).
+
+    ``DatabaseUnavailableError`` when waiting may fix it (the server is down, restarting or
+    cut off); a plain ``DatabaseError`` when it will not (a refused password, an unknown
+    database, a constraint).
+    """
     if isinstance(exc, _NOT_MIGRATED):
         return SchemaNotMigratedError(
             f"{SchemaNotMigratedError.__doc__} (the database said: {exc.diag.message_primary})"
         )
-    if isinstance(exc, psycopg.OperationalError) and exc.sqlstate is None:
-        return DatabaseError(
-            f"cannot reach the database: {str(exc).strip()}. Check the DSN and that Postgres is up."
+    sqlstate = exc.sqlstate
+    if isinstance(exc, psycopg.OperationalError) and sqlstate is None:
+        text = " ".join(str(exc).split())  # libpq writes several lines; logs want one
+        if any(words in text.lower() for words in _CANNOT_WAIT):
+            return DatabaseError(f"the database refused the connection: {text}")
+        return DatabaseUnavailableError(
+            f"cannot reach the database: {text}. Check the DSN and that Postgres is up."
         )
     message = exc.diag.message_primary or str(exc).strip()
-    return DatabaseError(f"the database refused the operation: {message}", sqlstate=exc.sqlstate)
+    if sqlstate is not None and sqlstate.startswith(_UNAVAILABLE_SQLSTATES):
+        return DatabaseUnavailableError(
+            f"the database is unavailable: {message}", sqlstate=sqlstate
+        )
+    return DatabaseError(f"the database refused the operation: {message}", sqlstate=sqlstate)
+
+
+def _without_quotes(text: str) -> str:
+    # libpq quotes the DSN's own words back ("invalid percent-encoded token: ..."), and a
+    # password may be among them.
+    return re.sub(r'"[^"]*"', '"…"', text)
+
+
+def check_dsn(dsn: str) -> None:
+    """Raise ConfigurationError when ``dsn`` cannot be parsed, without echoing any of it."""
+    try:
+        psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError as exc:
+        raise ConfigurationError(
+            f"invalid DSN: it cannot be parsed ({_without_quotes(str(exc).strip())}); expected "
+            "postgresql://user:password@host:port/dbname or 'host=... dbname=...'"
+        ) from None
 
 
 def _rows(cursor: psycopg.Cursor[Any] | psycopg.AsyncCursor[Any]) -> Rows:

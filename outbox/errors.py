@@ -9,6 +9,7 @@ from __future__ import annotations
 __all__ = [
     "ConfigurationError",
     "DatabaseError",
+    "DatabaseUnavailableError",
     "DuplicateJobError",
     "HandlerNotFoundError",
     "InvalidJobError",
@@ -20,6 +21,7 @@ __all__ = [
     "PayloadTooLargeError",
     "PermanentError",
     "RetryableError",
+    "RunnerFailedError",
     "SchemaError",
     "SchemaNotMigratedError",
     "SchemaTooNewError",
@@ -96,6 +98,22 @@ class DatabaseError(OutboxError):
     def __init__(self, message: str | None = None, *, sqlstate: str | None = None) -> None:
         super().__init__(message)
         self.sqlstate = sqlstate
+
+
+class DatabaseUnavailableError(DatabaseError):
+    """The database cannot be reached now (down, restarting, or cut off): waiting may fix it."""
+
+
+class RunnerFailedError(OutboxError):
+    """A runner service kept failing past its restart limit, so the runner stopped.
+
+    ``service`` names it; the last error is the cause. Restart the process (systemd and
+    Kubernetes do); the log's ``runner.service_failed`` events say what went wrong.
+    """
+
+    def __init__(self, message: str | None = None, *, service: str = "") -> None:
+        super().__init__(message)
+        self.service = service
 
 
 class HandlerNotFoundError(OutboxError, LookupError):

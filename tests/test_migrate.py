@@ -246,16 +246,56 @@ def _index_names(plan: dict) -> set[str]:
     return names
 
 
-def test_runnable_jobs_query_uses_the_pending_index(ob, conn, schema):
+def _node_types(plan: dict) -> set[str]:
+    types = {plan["Node Type"]}
+    for child in plan.get("Plans", []):
+        types |= _node_types(child)
+    return types
+
+
+def _lease_plans(dsn: str, schema: str, leases: int) -> tuple[list[dict], list[int]]:
+    """Run the runner's own lease statement ``leases`` times, each rolled back, and return the
+    plans Postgres executed for the UPDATE inside lease_jobs(), as auto_explain logs them (an
+    EXPLAIN of the call shows only a Function Scan), and the ids each lease took."""
+    logged: list[str] = []
+    taken: list[int] = []
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("LOAD 'auto_explain'")
+        conn.execute("SET auto_explain.log_min_duration = 0")
+        conn.execute("SET auto_explain.log_nested_statements = on")
+        conn.execute("SET auto_explain.log_format = json")
+        conn.execute("SET client_min_messages = log")
+        conn.add_notice_handler(lambda notice: logged.append(notice.message_primary))
+        params = {"kinds": ["k"], "queues": None, "limit": 10, "lease_seconds": 30.0}
+        # Several times: PL/pgSQL caches the statement's plan and may switch to a generic one.
+        for n in range(leases):
+            with conn.transaction(force_rollback=True):
+                rows = conn.execute(
+                    queries.query("lease", schema), {**params, "runner": f"r{n}"}
+                ).fetchall()
+            taken.extend(row[0] for row in rows)
+    plans = []
+    for message in logged:
+        head, _, body = message.partition("plan:")
+        assert head.startswith("duration:"), message
+        plan = json.loads(body)["Plan"]
+        if plan["Node Type"] == "ModifyTable" and plan.get("Relation Name") == "jobs":
+            plans.append(plan)
+    return plans, taken
+
+
+def test_runnable_jobs_query_uses_the_pending_index(ob, conn, schema, dsn):
     conn.execute(
         f'INSERT INTO "{schema}".jobs (kind, state, finished_at) '
         "SELECT 'done', 'succeeded', now() FROM generate_series(1, 5000)"
     )
-    ob.enqueue_many(conn, [NewJob("k", priority=i % 3) for i in range(5)])
+    pending = ob.enqueue_many(conn, [NewJob("k", priority=i % 3) for i in range(5)])
     conn.execute(f'ANALYZE "{schema}".jobs')
-    [(explained,)] = conn.execute(
-        f'EXPLAIN (FORMAT JSON) SELECT id FROM "{schema}".jobs '
-        "WHERE state = 'pending' AND run_at <= now() ORDER BY priority DESC, run_at, id LIMIT 10"
-    ).fetchall()
-    plan = (json.loads(explained) if isinstance(explained, str) else explained)[0]["Plan"]
-    assert "jobs_pending_idx" in _index_names(plan), json.dumps(plan, indent=1)
+    plans, taken = _lease_plans(dsn, schema, leases=8)
+    assert sorted(taken) == sorted(pending * 8)  # each lease ran, and took every pending job
+    assert len(plans) == 8, plans
+    for plan in plans:
+        [pick] = [p for p in plan["Plans"] if p.get("Subplan Name") == "CTE next"]
+        shown = json.dumps(plan, indent=1)
+        assert "jobs_pending_idx" in _index_names(pick), shown
+        assert "Sort" not in _node_types(pick), shown  # the index gives the lease order

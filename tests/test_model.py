@@ -121,7 +121,7 @@ class JobLifecycle(RuleBasedStateMachine):
     def release(self, data: st.DataObject) -> None:
         job_id = data.draw(st.sampled_from(self.running()))
         m = self.model[job_id]
-        assert self.run(self.store.release(m.holder, [job_id])) == {job_id}
+        assert self.run(self.store.release(m.holder, [(job_id, m.attempts)])) == {job_id}
         m.state, m.attempts, m.holder = "pending", m.attempts - 1, None
 
     @rule(job_id=consumes(jobs))

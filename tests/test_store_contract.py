@@ -4,22 +4,27 @@ from __future__ import annotations
 
 import contextlib
 import uuid
+from datetime import timedelta
 
 import psycopg
 import pytest
 
 from outbox import Job, Outbox
 from outbox.store import PgStore
-from outbox.testing import InMemoryStore, StoreContract
+from outbox.testing import FakeClock, InMemoryStore, StoreContract
 
 
 class TestInMemoryStore(StoreContract):
     @contextlib.asynccontextmanager
     async def open_store(self):
-        store = InMemoryStore()
+        self.clock = FakeClock()
+        store = InMemoryStore(clock=self.clock)
         await store.open()
         yield store
         await store.close()
+
+    async def advance(self, store, seconds) -> None:
+        self.clock.advance(seconds)
 
     async def add(self, store, kind, **options) -> int:
         return store.enqueue(kind, **options)
@@ -49,6 +54,17 @@ class TestPgStore(StoreContract):
     async def add(self, store, kind, **options) -> int:
         async with await psycopg.AsyncConnection.connect(self.dsn, autocommit=True) as conn:
             return await Outbox(schema=store.schema).enqueue(conn, kind, **options)
+
+    async def advance(self, store, seconds) -> None:
+        # The database's clock cannot be moved: move every timestamp back instead, which is
+        # the same to every statement that compares them with now().
+        async with await psycopg.AsyncConnection.connect(self.dsn, autocommit=True) as conn:
+            await conn.execute(
+                f'UPDATE "{store.schema}".jobs SET run_at = run_at - %(s)s,'
+                " created_at = created_at - %(s)s, leased_until = leased_until - %(s)s,"
+                " finished_at = finished_at - %(s)s",
+                {"s": timedelta(seconds=seconds)},
+            )
 
     async def get(self, store, job_id) -> Job | None:
         async with await psycopg.AsyncConnection.connect(self.dsn, autocommit=True) as conn:

@@ -42,25 +42,33 @@ WHERE j.id = o.id
 RETURNING j.id
 
 -- name: heartbeat
--- Extend the leases this runner still holds; the ids not returned were lost or cancelled.
-UPDATE {schema}.jobs
+-- Extend the leases this runner still holds, each named by (id, attempts): an attempt that
+-- lost its lease never renews the next attempt's. The pairs not returned were lost or cancelled.
+UPDATE {schema}.jobs j
 SET leased_until = now() + make_interval(secs => %(lease_seconds)s)
-WHERE id = ANY(%(ids)s::bigint[]) AND leased_by = %(runner)s AND state = 'running'
-RETURNING id
+FROM unnest(%(ids)s::bigint[], %(attempts)s::int4[]) AS h (id, attempts)
+WHERE j.id = h.id AND j.attempts = h.attempts AND j.leased_by = %(runner)s
+  AND j.state = 'running'
+RETURNING j.id, j.attempts
 
 -- name: release
--- Hand unfinished jobs back at shutdown without spending their attempt.
-UPDATE {schema}.jobs
-SET state = 'pending', attempts = attempts - 1, leased_until = NULL, run_at = now()
-WHERE id = ANY(%(ids)s::bigint[]) AND leased_by = %(runner)s AND state = 'running'
-RETURNING id
+-- Hand unfinished jobs back at shutdown without spending their attempt. Leases are (id,
+-- attempts): two runners given one runner id never release each other's attempts.
+UPDATE {schema}.jobs j
+SET state = 'pending', attempts = j.attempts - 1, leased_until = NULL, run_at = now()
+FROM unnest(%(ids)s::bigint[], %(attempts)s::int4[]) AS r (id, attempts)
+WHERE j.id = r.id AND j.attempts = r.attempts AND j.leased_by = %(runner)s
+  AND j.state = 'running'
+RETURNING j.id
 
 -- name: rescue
 -- Jobs whose runner died: their lease expired. Retry them, or fail them when the crashed
--- attempt was their last.
+-- attempt was their last. The rescuing runner passes the jobs it still holds (held): after an
+-- outage their leases may have lapsed, but their handlers run and their outcomes are coming.
 WITH expired AS (
     SELECT id FROM {schema}.jobs
     WHERE state = 'running' AND leased_until < now()
+      AND NOT id = ANY(%(held)s::bigint[])
     ORDER BY leased_until
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED

@@ -1,0 +1,99 @@
+"""The dispatcher: one per lane, it leases jobs for the lane's free slots and starts them.
+
+It leases ``min(free slots, batch_size)`` jobs in one statement whenever the lane has free
+slots and is woken (a notification, a freed slot, a rescue) or the poll interval passes. With
+a backlog and slots freeing one by one, it gathers a few before leasing rather than issuing a
+statement per freed slot. A failed lease (the database is away) is retried with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from outbox import tracing
+from outbox.backoff import Backoff
+from outbox.clock import Clock
+from outbox.errors import DatabaseError
+from outbox.runner.state import Lane, Shared
+from outbox.safety import safe_failure_message
+from outbox.store import Leased, Store
+
+__all__ = ["GATHER_SECONDS", "LEASE_BACKOFF", "Dispatcher"]
+
+GATHER_SECONDS = 0.002
+"""With a backlog, how long a lane waits for more free slots before leasing a small batch."""
+
+LEASE_BACKOFF = Backoff(base=0.1, cap=2.0)
+"""Waits between tries to lease while the database is away."""
+
+
+class Dispatcher:
+    """Leases the jobs of one lane and hands them to ``start``."""
+
+    def __init__(
+        self,
+        shared: Shared,
+        lane: Lane,
+        *,
+        name: str,
+        store: Store,
+        start: Callable[[Lane, Leased], None],
+        runner_id: str,
+        kinds: Sequence[str],
+        lease_seconds: float,
+        poll_interval: float,
+        clock: Clock,
+        log: Any,
+    ) -> None:
+        self.name = name
+        self._shared = shared
+        self._lane = lane
+        self._store = store
+        self._start = start
+        self._runner_id = runner_id
+        self._kinds = list(kinds)
+        self._lease_seconds = lease_seconds
+        self._poll_interval = poll_interval
+        self._clock = clock
+        self._log = log
+
+    async def run(self) -> None:
+        """Lease and start jobs until the runner stops."""
+        shared, lane = self._shared, self._lane
+        failures = 0
+        backlog = False
+        while not shared.stopping.is_set():
+            lane.wake.clear()
+            batch = min(lane.limit, shared.batch_size)
+            if backlog and 0 < lane.limit - lane.busy < batch // 4:
+                # Jobs are waiting and slots free up one by one: gather a few before leasing.
+                await asyncio.sleep(GATHER_SECONDS)
+            want = min(lane.limit - lane.busy, shared.batch_size)
+            got = 0
+            if want > 0:
+                try:
+                    rows = await self._store.lease(
+                        self._runner_id, self._kinds, lane.queues, want, self._lease_seconds
+                    )
+                except DatabaseError as exc:
+                    failures += 1
+                    self._log.warning("runner.lease_failed", error=safe_failure_message(exc))
+                    await self._clock.wait(shared.stopping, LEASE_BACKOFF.delay(failures))
+                    continue
+                if failures:
+                    self._log.info("runner.lease_resumed", after_failures=failures)
+                failures = 0
+                got = len(rows)
+                # Per batch, not per job: asking OpenTelemetry costs microseconds.
+                shared.tracing = tracing.ENABLED and tracing.recording()
+                for row in rows:
+                    self._start(lane, row)
+                if got:
+                    self._log.debug("runner.leased", jobs=got, queues=lane.queues)
+                # A full batch means more are probably waiting; a short one, that none are.
+                backlog = got == want
+            if got and got == want:
+                continue
+            await self._clock.wait(lane.wake, self._poll_interval)

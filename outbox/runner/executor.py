@@ -1,0 +1,186 @@
+"""The executor: runs one job. Its handler's context, timeout and cancellation; its outcome.
+
+``start`` makes a task per leased job. The task validates the payload (when the kind has a
+model), runs the handler (``async def`` on the loop, ``def`` in a worker thread that sees the
+task's context), turns what happened into an outcome, and queues it for the completer. The
+completer holds at most ``batch_size`` outcomes: past that a finished job keeps its slot until
+there is room, so at most ``concurrency + batch_size`` jobs ever ran without their outcome
+written, and a crash runs at most that many again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from pydantic import ValidationError
+
+from outbox import tracing
+from outbox.backoff import Backoff
+from outbox.enqueuing import dump_payload
+from outbox.errors import PayloadError, PermanentError, RetryableError
+from outbox.models import Job, JobState, trusted_job
+from outbox.mux import HandlerMux, Route
+from outbox.runner.events import Reporter
+from outbox.runner.state import Held, Lane, Shared
+from outbox.safety import safe_failure_message
+from outbox.store import Leased
+from outbox.store import Outcome as Written
+
+__all__ = ["Executor"]
+
+_timeout: Callable[[float | None], contextlib.AbstractAsyncContextManager[Any]]
+if sys.version_info >= (3, 11):
+    _timeout = asyncio.timeout
+else:  # pragma: no cover - Python 3.10
+
+    @contextlib.asynccontextmanager
+    async def _timeout(seconds: float | None) -> Any:
+        task = asyncio.current_task()
+        assert task is not None
+        fired = False
+
+        def fire() -> None:
+            nonlocal fired
+            fired = True
+            task.cancel()
+
+        handle = None if seconds is None else asyncio.get_running_loop().call_later(seconds, fire)
+        try:
+            yield
+        except asyncio.CancelledError:
+            if fired:
+                raise asyncio.TimeoutError from None
+            raise
+        finally:
+            if handle is not None:
+                handle.cancel()
+
+
+class Executor:
+    """Runs leased jobs through the mux and hands their outcomes to the completer."""
+
+    def __init__(
+        self,
+        shared: Shared,
+        *,
+        mux: HandlerMux,
+        reporter: Reporter,
+        backoff: Backoff,
+        max_payload_bytes: int,
+        runner_id: str,
+        threads: ThreadPoolExecutor,
+    ) -> None:
+        self._shared = shared
+        self._mux = mux
+        self._reporter = reporter
+        self._backoff = backoff
+        self._max_payload_bytes = max_payload_bytes
+        self._runner_id = runner_id
+        self._threads = threads
+
+    def start(self, lane: Lane, row: Leased) -> None:
+        """Hold a leased job and start its handler."""
+        job_id, kind, queue, payload, priority, attempts, max_attempts, run_at, created = row[:9]
+        key, meta = row[9], row[10]
+        job = trusted_job({
+            "id": job_id, "kind": kind, "queue": queue, "payload": payload,
+            "state": JobState.RUNNING, "priority": priority, "attempts": attempts,
+            "max_attempts": max_attempts, "run_at": run_at, "created_at": created,
+            "finished_at": None, "leased_until": None, "leased_by": self._runner_id,
+            "last_error": None, "errors": [], "unique_key": key, "result": None,
+            "metadata": meta,
+        })  # fmt: skip
+        held = Held(job, lane, self._mux.route(kind))
+        lane.busy += 1
+        self._shared.held[held.key] = held
+        held.task = asyncio.create_task(self._run(held), name=f"outbox-job-{job_id}")
+
+    async def _run(self, held: Held) -> None:
+        job, route = held.job, held.route
+        started = time.monotonic()
+        lag = max(0.0, time.time() - job.run_at.timestamp())
+        self._reporter.log.debug("job.started", job_id=job.id, kind=job.kind, attempt=job.attempts)
+        try:
+            result = await self._call(route, job)
+            written = self._success(job, result)
+        except asyncio.CancelledError:
+            if held.stop_reason is None:
+                raise
+            reason = held.stop_reason
+            outcome = "released" if reason == "shutdown" else reason
+            self._reporter.unrecorded(job, outcome, time.monotonic() - started, lag)
+            if reason != "shutdown":
+                self._shared.forget(held)
+            return
+        except BaseException as exc:
+            written = self._failure(job, route, exc, time.monotonic() - started)
+        self._reporter.finished(job, written, time.monotonic() - started, lag)
+        shared = self._shared
+        while shared.unwritten >= shared.batch_size:
+            shared.room.clear()
+            await shared.room.wait()
+        shared.unwritten += 1
+        held.outcome_queued = True
+        shared.outcomes.append((held, written))
+        shared.outcome_ready.set()
+        shared.free_slot(held)
+
+    async def _call(self, route: Route, job: Job) -> Any:
+        if route.payload_model is not None:
+            try:
+                payload = route.payload_model.model_validate(job.payload)
+            except ValidationError as exc:
+                raise PermanentError(f"MalformedPayload: {exc}") from None
+            job = job.model_copy(update={"payload": payload})
+        if not self._shared.tracing:
+            return await self._within_timeout(route, job)
+        with tracing.job_span(job):
+            return await self._within_timeout(route, job)
+
+    async def _within_timeout(self, route: Route, job: Job) -> Any:
+        if route.timeout is None:
+            return await self._invoke(route, job)
+        async with _timeout(route.timeout):
+            return await self._invoke(route, job)
+
+    async def _invoke(self, route: Route, job: Job) -> Any:
+        if route.is_async:
+            return await route.handler(job)
+        loop = asyncio.get_running_loop()
+        # The handler's thread sees this task's context: its span, structlog's contextvars.
+        call = contextvars.copy_context().run
+        return await loop.run_in_executor(self._threads, call, route.handler, job)
+
+    def _success(self, job: Job, result: Any) -> Written:
+        if result is None:
+            return Written(job.id, job.attempts, JobState.SUCCEEDED.value)
+        try:
+            text = dump_payload(result, self._max_payload_bytes)
+        except PayloadError as exc:
+            # The handler ran and its side effects happened: running it again would repeat them.
+            message = safe_failure_message(f"ResultNotStored: {exc}")
+            return Written(job.id, job.attempts, JobState.DISCARDED.value, error=message)
+        return Written(job.id, job.attempts, JobState.SUCCEEDED.value, result=text)
+
+    def _failure(self, job: Job, route: Route, exc: BaseException, duration: float) -> Written:
+        timed_out = route.timeout is not None and duration >= route.timeout
+        if timed_out and isinstance(exc, asyncio.TimeoutError | TimeoutError):
+            message = safe_failure_message(f"Timeout: the attempt ran over {route.timeout} s")
+        else:
+            message = safe_failure_message(exc)
+        if isinstance(exc, PermanentError):
+            return Written(job.id, job.attempts, JobState.DISCARDED.value, error=message)
+        if job.attempts >= job.max_attempts:
+            return Written(job.id, job.attempts, JobState.FAILED.value, error=message)
+        if isinstance(exc, RetryableError) and exc.retry_after is not None:
+            delay = exc.retry_after
+        else:
+            delay = (route.backoff or self._backoff).delay(job.attempts)
+        return Written(job.id, job.attempts, JobState.PENDING.value, delay=delay, error=message)
