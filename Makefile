@@ -23,10 +23,11 @@ demo: $(STAMP) ## run the demo (embedded Postgres unless OUTBOX_DSN is set)
 test: $(STAMP) ## install what is needed and run the tests (OUTBOX_TEST_DSN, else Docker, else embedded)
 	$(PY) -m pytest
 
-lint: $(STAMP) ## ruff and mypy --strict
+lint: $(STAMP) ## ruff, mypy --strict and the layering contracts (import-linter)
 	$(VENV)/bin/ruff check outbox tests benchmarks examples
 	$(VENV)/bin/ruff format --check outbox
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 bench: $(STAMP) ## the benchmarks against the peers (see benchmarks/README.md)
 	$(PY) benchmarks/run.py

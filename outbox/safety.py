@@ -47,6 +47,10 @@ _NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 _LABEL_DISALLOWED = re.compile(r"[^a-z0-9_.-]+")
 # C0 and C1 controls, DEL, Unicode line and paragraph separators: nothing that forges a log line.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+_URL_SECRET = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/@]*:)(?!\*\*\*@)[^\s@]+@")
+"""The secret of ``scheme://user:secret@host`` (left as ``user:***@``)."""
+_PASSWORD_SETTING = re.compile(r"(\bpassword\s*=\s*)(?!\*\*\*(?:\s|$))(?:'[^']*'|\S+)", re.IGNORECASE)
+"""A libpq ``password=…`` setting."""
 
 
 def sanitize_kind(kind: str) -> str:
@@ -93,8 +97,9 @@ def _cut_utf8(text: str, limit: int) -> str:
 def safe_failure_message(error: BaseException | str, *, limit: int = FAILURE_MESSAGE_LIMIT) -> str:
     """Return what may be stored of an error: ``Type: message``, one line, at most ``limit`` bytes.
 
-    Control characters become spaces, and the cut never splits a UTF-8 character. Applying it
-    to its own result changes nothing.
+    Control characters become spaces, credentials in URLs (``scheme://user:secret@``) and in
+    ``password=…`` settings become ``***``, and the cut never splits a UTF-8 character.
+    Applying it to its own result changes nothing.
     """
     if limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
@@ -110,6 +115,8 @@ def safe_failure_message(error: BaseException | str, *, limit: int = FAILURE_MES
     # Lone surrogates cannot be stored as UTF-8; replace them before measuring.
     text = text.encode("utf-8", "replace").decode("utf-8")
     text = _CONTROL.sub(" ", text).strip()
+    text = _URL_SECRET.sub(r"\1***@", text)
+    text = _PASSWORD_SETTING.sub(r"\1***", text)
     return _cut_utf8(text, limit).rstrip()
 
 

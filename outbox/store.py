@@ -230,6 +230,7 @@ class PgStore:
         self._heartbeat_conn: psycopg.Connection[Any] | None = None
         self._broken = False
         self._reopening = asyncio.Lock()
+        self._closing: set[asyncio.Task[None]] = set()
 
     @property
     def pool(self) -> AsyncConnectionPool[Any]:
@@ -279,7 +280,10 @@ class PgStore:
             raise
         old, self._pool, self._broken = self._pool, pool, False
         if old is not None:
-            await old.close(timeout=0)
+            # Closed in the background: its workers may be asleep in their reconnect backoff.
+            closing = asyncio.create_task(old.close(timeout=5))
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
 
     async def _configure(self, conn: psycopg.AsyncConnection[Any]) -> None:
         set_json_loads(orjson.loads, conn)
@@ -297,6 +301,8 @@ class PgStore:
         if self._given_pool is None and self._pool is not None:
             pool, self._pool = self._pool, None
             await pool.close()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
 
     async def check(self) -> None:
         """Ask the database, on a fresh connection, whether it answers and the schema is current.

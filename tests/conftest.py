@@ -37,29 +37,37 @@ def _docker_answers() -> bool:
 
 @dataclass
 class TestServer:
-    """The test database server: its DSN, and how to restart it when the tests may."""
+    """The test database server: its DSN, and how to restart, stop and start it when the tests
+    may (the machine's cluster as root, or the embedded server)."""
 
     dsn: str
-    restart: Callable[[], None] | None = None
+    control: Callable[[str], None] | None = None
+    """Run ``restart``, ``stop`` or ``start`` on the server; None when the tests may not."""
+
+    @property
+    def restart(self) -> Callable[[], None] | None:
+        """Restart the server, or None."""
+        control = self.control
+        return None if control is None else (lambda: control("restart"))
 
 
-def _machine_restart(dsn: str) -> Callable[[], None] | None:
-    """Restart for the machine's own cluster, when this process is allowed to."""
+def _machine_control(dsn: str) -> Callable[[str], None] | None:
+    """Control of the machine's own cluster, when this process is allowed to."""
     info = psycopg.conninfo.conninfo_to_dict(dsn)
     local = info.get("host") in ("127.0.0.1", "localhost") and str(info.get("port", 5432)) == "5432"
     if not (local and shutil.which("pg_ctlcluster") and os.geteuid() == 0):
         return None
     version = sorted(os.listdir("/etc/postgresql"))[-1]
 
-    def restart() -> None:
+    def control(action: str) -> None:
         subprocess.run(
-            ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"],
+            ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", action],
             check=True,
             capture_output=True,
             timeout=60,
         )
 
-    return restart
+    return control
 
 
 @pytest.fixture(scope="session")
@@ -67,7 +75,7 @@ def pg_server() -> Iterator[TestServer]:
     """The test server, found once per test session."""
     given = os.environ.get("OUTBOX_TEST_DSN")
     if given:
-        yield TestServer(given, _machine_restart(given))
+        yield TestServer(given, _machine_control(given))
         return
     if _docker_answers():
         from testcontainers.postgres import PostgresContainer
@@ -87,10 +95,10 @@ def pg_server() -> Iterator[TestServer]:
             gc.collect()
         try:
 
-            def restart() -> None:
-                pg_ctl(["-w", "restart"], pgdata=server.pgdata, user=server.system_user, timeout=60)
+            def control(action: str) -> None:
+                pg_ctl(["-w", action], pgdata=server.pgdata, user=server.system_user, timeout=60)
 
-            yield TestServer(server.get_uri(), restart)
+            yield TestServer(server.get_uri(), control)
         finally:
             server.cleanup()
 

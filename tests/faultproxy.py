@@ -64,8 +64,12 @@ class FaultProxy:
 
     def __init__(self, host: str, port: int, *, name: str = "faultproxy") -> None:
         """Start forwarding to ``(host, port)`` at once, on a free port of 127.0.0.1."""
-        family, _, _, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-        self._target_family, self._target = family, addr
+        target: str | tuple[object, ...]
+        if host.startswith("/"):  # a Unix-socket directory, as libpq names it
+            family, target = socket.AF_UNIX, f"{host}/.s.PGSQL.{port}"
+        else:
+            family, _, _, _, target = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        self._target_family, self._target = family, target
         self._mode: Literal["forward", "reset", "blackhole"] = "forward"
         self._conns: set[_Conn] = set()
         self._commands: queue.SimpleQueue[_Command] = queue.SimpleQueue()

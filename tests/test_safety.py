@@ -217,3 +217,18 @@ def test_sanitize_queue_refuses_an_undeclared_queue():
     assert sanitize_queue("A", declared) == "a"
     with pytest.raises(UnknownQueueError, match="declared queues"):
         sanitize_queue("c", declared)
+
+
+@pytest.mark.parametrize(
+    ("text", "kept"),
+    [
+        ("connect postgresql://app:S3cret@db:5432/x failed", "postgresql://app:***@db:5432/x"),
+        ("host=db password=S3cret dbname=x", "password=*** dbname=x"),
+        ("https://hook:S3cret@example.com/in", "https://hook:***@example.com/in"),
+    ],
+)
+def test_failure_messages_never_carry_a_password(text, kept):
+    message = safe_failure_message(RuntimeError(text))
+    assert "S3cret" not in message
+    assert kept in message
+    assert safe_failure_message(message) == message
