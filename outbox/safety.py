@@ -49,7 +49,9 @@ _LABEL_DISALLOWED = re.compile(r"[^a-z0-9_.-]+")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 _URL_SECRET = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/@]*:)(?!\*\*\*@)[^\s@]+@")
 """The secret of ``scheme://user:secret@host`` (left as ``user:***@``)."""
-_PASSWORD_SETTING = re.compile(r"(\bpassword\s*=\s*)(?!\*\*\*(?:\s|$))(?:'[^']*'|\S+)", re.IGNORECASE)
+_PASSWORD_SETTING = re.compile(
+    r"(\bpassword\s*=\s*)(?!\*\*\*(?:\s|$))(?:'[^']*'|\S+)", re.IGNORECASE
+)
 """A libpq ``password=…`` setting."""
 
 
