@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -218,3 +219,32 @@ def test_outbox_run_gives_up_on_an_unreachable_database_with_exit_4(dsn):
         assert s.proc.wait(30) == 4
         assert time.monotonic() - started < 20
         assert "gave up after waiting 2 s" in s.logged()
+
+
+def test_start_in_thread_waits_for_the_database_then_runs(dsn):
+    from outbox import HandlerMux, Job, Runner
+
+    ran: list[int] = []
+    mux = HandlerMux()
+
+    @mux.register("effect_direct")
+    def effect(job: Job) -> None:
+        ran.append(job.id)
+
+    with FaultProxy(*target_of(dsn)) as proxy, scenario(dsn, proxy.dsn(dsn)) as s:
+        s.enqueue(5, sleep=0)
+        proxy.cut("reset")
+        runner = Runner(
+            mux, dsn=proxy.dsn(dsn), outbox=Outbox(schema=s.schema), wait_for_db=30,
+            poll_interval=0.1,
+        )  # fmt: skip
+        restore = threading.Timer(1.5, proxy.restore)
+        restore.start()
+        started = time.monotonic()
+        runner.start_in_thread()  # returns once connected: after the restore
+        try:
+            assert time.monotonic() - started >= 1.4
+            wait_for(lambda: len(ran) == 5, timeout=30)
+        finally:
+            runner.stop()
+            restore.join()
