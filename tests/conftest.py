@@ -96,6 +96,9 @@ def pg_server() -> Iterator[TestServer]:
         try:
 
             def control(action: str) -> None:
+                if action == "start":  # with the options the server was first started with
+                    server.ensure_postgres_running()
+                    return
                 pg_ctl(["-w", action], pgdata=server.pgdata, user=server.system_user, timeout=60)
 
             yield TestServer(server.get_uri(), control)
