@@ -85,6 +85,7 @@ def _main(
 ) -> None:
     """A Postgres-native durable outbox: migrate, run and inspect jobs."""
 
+
 DsnOption = Annotated[
     str | None,
     typer.Option(

@@ -1,7 +1,7 @@
 """Prometheus metrics: what the runner did (an observer) and what waits in the table (a collector).
 
-Needs the ``prometheus`` extra (``pip install 'outbox-runner[prometheus]'``); ``import outbox`` never
-imports this module. Every label value passes through ``safe_label``, including values that
+Needs the ``prometheus`` extra (``pip install 'outbox-runner[prometheus]'``); ``import outbox``
+never imports this module. Every label value passes through ``safe_label``, including values that
 ``JobEvent`` already bounded and values read from the table: a row written by hand with raw SQL
 must not be able to forge a series or grow the scrape without bound.
 """
