@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import inspect as pyinspect
 import json
 import os
 import signal
@@ -46,6 +47,7 @@ from outbox.runner import (
     DEFAULT_WAIT_FOR_DB,
     Runner,
 )
+from outbox.safety import safe_failure_message
 
 __all__ = ["app", "main"]
 
@@ -394,10 +396,32 @@ def _load_target(target: str) -> Any:
         except AttributeError:
             _fail(f"module {module_name!r} has no attribute {attr!r}", 2)
     if not isinstance(obj, HandlerMux | Runner) and callable(obj):
-        obj = obj()
+        obj = _call_factory(target, obj)
     if not isinstance(obj, HandlerMux | Runner):
         _fail(f"{target} is a {type(obj).__name__}, expected a HandlerMux or a Runner", 2)
     return obj
+
+
+def _call_factory(target: str, factory: Callable[..., Any]) -> Any:
+    """Call a factory of a mux or runner; anything else gets one line and exit 2."""
+    try:
+        required = [
+            p
+            for p in pyinspect.signature(factory).parameters.values()
+            if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        ]
+    except (TypeError, ValueError):  # no signature to read (a builtin): call it and see
+        required = []
+    if required:
+        _fail(
+            f"{target} is a function taking arguments (a handler?); expected a HandlerMux, a "
+            "Runner or a factory of one that takes no arguments",
+            2,
+        )
+    try:
+        return factory()
+    except Exception as exc:
+        _fail(f"{target}() failed: {safe_failure_message(exc)}", 2)
 
 
 async def _run_until_signalled(runner: Runner) -> None:
@@ -588,6 +612,8 @@ def dashboard(
         _fail(f"the dashboard needs its extra: pip install 'outbox-runner[dashboard]' ({exc})", 2)
     with _connect(url) as conn, _errors():
         execute(conn, check_schema(ob.schema))  # an unmigrated schema fails here, clearly
+    shown = f"[{host}]" if ":" in host else host
+    typer.echo(f"outbox dashboard on http://{shown}:{port}/ (schema {ob.schema!r}; Ctrl-C stops)")
     if host not in ("127.0.0.1", "localhost", "::1"):
         typer.echo(f"outbox: serving on {host}: put it behind your own authentication", err=True)
     web = create_app(dsn=url, outbox=ob, read_only=read_only)

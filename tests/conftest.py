@@ -106,6 +106,27 @@ def pg_server() -> Iterator[TestServer]:
             server.cleanup()
 
 
+def _where() -> str:
+    if os.environ.get("OUTBOX_TEST_DSN"):
+        return "OUTBOX_TEST_DSN"
+    return "a Docker container (testcontainers)" if _docker_answers() else "the embedded server"
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """Say which Postgres the tests use, and how it was found, in the run's first lines."""
+    given = os.environ.get("OUTBOX_TEST_DSN")
+    if not given:
+        return f"outbox tests: Postgres from {_where()} (started on first use)"
+    try:
+        with psycopg.connect(given, connect_timeout=5) as conn:
+            version = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
+    except psycopg.Error as exc:
+        return f"outbox tests: OUTBOX_TEST_DSN does not answer: {exc}"
+    info = psycopg.conninfo.conninfo_to_dict(given)
+    where = f"{info.get('host', 'localhost')}:{info.get('port', 5432)}/{info.get('dbname', '')}"
+    return f"outbox tests: PostgreSQL {version} at {where} (from OUTBOX_TEST_DSN)"
+
+
 @pytest.fixture(scope="session")
 def dsn(pg_server: TestServer) -> str:
     """The DSN of the test server."""

@@ -77,3 +77,8 @@ async def effect_direct(job: Job) -> None:
             " ON CONFLICT (job_id) DO UPDATE SET runs = effects.runs + 1",
             (job.id, job.attempts),
         )
+
+
+def broken_factory() -> HandlerMux:
+    """A factory that fails: `outbox run` reports it in one line."""
+    raise RuntimeError("no mux today")

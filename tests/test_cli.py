@@ -198,12 +198,28 @@ def test_unknown_option_is_a_usage_error():
         ("nocolon", "module:attribute"),
         ("no_such_module_xyz:mux", "cannot import"),
         ("tests.jobs_app:os", "expected a HandlerMux"),
+        ("tests.jobs_app:effect", "a function taking arguments (a handler?)"),
+        ("tests.jobs_app:broken_factory", "broken_factory() failed: RuntimeError: no mux today"),
     ],
 )
-def test_run_with_a_bad_target_is_a_usage_error(dsn, target, message):
+def test_run_with_a_bad_target_is_a_one_line_usage_error(dsn, target, message):
     result = outbox_cmd("run", target, dsn=dsn)
     assert result.returncode == 2
     assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_version_names_the_distribution():
+    result = outbox_cmd("--version")
+    assert result.returncode == 0
+    assert result.stdout.startswith("outbox ") and "outbox-runner" in result.stdout
+
+
+def test_help_shows_the_extras_it_needs():
+    result = outbox_cmd("run", "--help", env={"COLUMNS": "200"})
+    assert result.returncode == 0
+    assert "outbox-runner[prometheus]" in result.stdout
+    assert "MODULE:ATTR" in result.stdout
 
 
 @pytest.mark.slow
@@ -218,6 +234,11 @@ def test_demo_runs_every_job_against_the_given_server(scratch_dsn):
         ).fetchone()[0]
         assert sent == 5
         assert conn.execute("SELECT count(*) FROM outbox_demo.orders").fetchone()[0] == 5
+    # Run twice on one server: the second run shows and counts its own jobs only.
+    again = outbox_cmd("demo", dsn=scratch_dsn, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.count("succeeded") == 5
+    assert "pending" not in again.stdout
 
 
 @pytest.mark.slow
