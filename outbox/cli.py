@@ -7,7 +7,8 @@ operator (or systemd, or Kubernetes) can tell a wrong setting from an outage:
 - 3 (EXIT_NOT_FIXABLE): the database refused the runner in a way waiting cannot fix: a wrong
   password, an unknown database or role, a schema not migrated or migrated by a newer outbox;
 - 4 (EXIT_UNREACHABLE): the database could not be reached within ``--wait-for-db`` seconds;
-- 5 (EXIT_SERVICE_FAILED): a runner service kept failing past its restart limit.
+- 5 (EXIT_SERVICE_FAILED): a runner service kept failing past its restart limit;
+- 6 (EXIT_NOT_ALL_SUCCEEDED): ``outbox run --once`` ran attempts that did not succeed.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from outbox.runner import (
     DEFAULT_SHUTDOWN_TIMEOUT,
     DEFAULT_WAIT_FOR_DB,
     Runner,
+    RunSummary,
 )
 from outbox.safety import safe_failure_message
 
@@ -108,6 +110,9 @@ EXIT_UNREACHABLE = 4
 
 EXIT_SERVICE_FAILED = 5
 """``outbox run``: a runner service kept failing past its restart limit."""
+
+EXIT_NOT_ALL_SUCCEEDED = 6
+"""``outbox run --once``: some attempts did not succeed (they were retried, failed, ...)."""
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
@@ -424,6 +429,13 @@ def _call_factory(target: str, factory: Callable[..., Any]) -> Any:
         _fail(f"{target}() failed: {safe_failure_message(exc)}", 2)
 
 
+async def _run_once(runner: Runner, until_empty: bool, max_seconds: float | None) -> RunSummary:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, runner.stop)
+    return await runner.run_once(until_empty=until_empty, max_seconds=max_seconds)
+
+
 async def _run_until_signalled(runner: Runner) -> None:
     loop = asyncio.get_running_loop()
     signals = 0
@@ -507,11 +519,29 @@ def run(
             help="Address the probe server binds (0.0.0.0 for Kubernetes' kubelet).",
         ),
     ] = "127.0.0.1",
+    once: Annotated[
+        bool,
+        typer.Option(
+            "--once", help="Run the jobs due now, write their outcomes, print a summary, exit."
+        ),
+    ] = False,
+    until_empty: Annotated[
+        bool,
+        typer.Option(
+            "--until-empty",
+            help="Like --once, and also wait for jobs falling due (retries) until none is left.",
+        ),
+    ] = False,
+    max_seconds: Annotated[
+        float | None,
+        typer.Option(min=0, show_default=False, help="With --once: stop after this long."),
+    ] = None,
 ) -> None:
     """Run jobs until SIGTERM or SIGINT (a second signal stops at once).
 
-    Exit codes: 0 stopped by a signal; 3 the database refused us or the schema is wrong;
-    4 the database stayed unreachable past --wait-for-db; 5 a service kept failing.
+    Exit codes: 0 stopped by a signal (or --once: every attempt succeeded); 3 the database
+    refused us or the schema is wrong; 4 the database stayed unreachable past --wait-for-db;
+    5 a service kept failing; 6 --once ran attempts that did not succeed.
     """
     obj = _load_target(target)
     with _errors():
@@ -539,7 +569,13 @@ def run(
         except OSError as exc:
             _fail(f"cannot serve health probes on {health_addr}:{health_port}: {exc}", 2)
     try:
-        asyncio.run(_run_until_signalled(runner))
+        if once or until_empty:
+            summary = asyncio.run(_run_once(runner, until_empty, max_seconds))
+            typer.echo(f"outbox: ran {summary}")
+            if not summary.ok:
+                raise typer.Exit(EXIT_NOT_ALL_SUCCEEDED)
+        else:
+            asyncio.run(_run_until_signalled(runner))
     except DatabaseUnavailableError as exc:
         _fail(str(exc), EXIT_UNREACHABLE)
     except (SchemaError, DatabaseError) as exc:

@@ -132,6 +132,14 @@ class Store(Protocol):
     async def release(self, runner: str, leases: Sequence[LeaseKey]) -> set[int]:
         """Hand held jobs back as pending, giving back the attempt their lease took."""
 
+    async def seconds_until_due(
+        self, kinds: Sequence[str], queues: Sequence[str] | None
+    ) -> float | None:
+        """Seconds until the earliest pending job of these kinds is due (<= 0: it is).
+
+        None when none is pending. For one-shot runs that wait for retries.
+        """
+
     async def rescue(self, limit: int, held: Sequence[int] = ()) -> int:
         """Retry (or fail, on their last attempt) up to ``limit`` jobs whose lease expired.
 
@@ -448,6 +456,14 @@ class PgStore:
             "runner": runner,
         }
         return {row[0] for row in await self._execute("release", params)}
+
+    async def seconds_until_due(
+        self, kinds: Sequence[str], queues: Sequence[str] | None
+    ) -> float | None:
+        """One statement over the pending jobs of these kinds."""
+        params = {"kinds": list(kinds), "queues": None if queues is None else list(queues)}
+        [(seconds,)] = await self._execute("seconds_until_due", params)
+        return None if seconds is None else float(seconds)
 
     async def rescue(self, limit: int, held: Sequence[int] = ()) -> int:
         """Retry (or fail) jobs whose lease expired, but for those in ``held``."""

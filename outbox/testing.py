@@ -320,6 +320,21 @@ class InMemoryStore:
             self._notify()
         return released
 
+    async def seconds_until_due(
+        self, kinds: Sequence[str], queues: Sequence[str] | None
+    ) -> float | None:
+        """Seconds until the earliest pending job of these kinds is due; None when none is."""
+        now = self._clock()
+        with self._lock:
+            due = [
+                job["run_at"]
+                for job in self._jobs.values()
+                if job["state"] == JobState.PENDING
+                and job["kind"] in kinds
+                and (queues is None or job["queue"] in queues)
+            ]
+        return None if not due else (min(due) - now).total_seconds()
+
     async def rescue(self, limit: int, held: Sequence[int] = ()) -> int:
         """Retry, or fail on their last attempt, jobs whose lease expired (but ``held``)."""
         now = self._clock()
@@ -652,6 +667,20 @@ class StoreContract:
             assert await store.rescue(100, held=[mine]) == 1
             assert (await self.job(store, mine)).state == JobState.RUNNING
             assert (await self.job(store, theirs)).state == JobState.PENDING
+
+        self.check(body)
+
+    def test_seconds_until_due_names_the_earliest_pending_job_of_the_kinds(self) -> None:
+        async def body(store: Store) -> None:
+            assert await store.seconds_until_due(["k"], None) is None
+            await self.add(store, "k", delay=60)
+            await self.add(store, "other")
+            later = await store.seconds_until_due(["k"], None)
+            assert later is not None and 50 < later <= 60
+            await self.add(store, "k", queue="mail")
+            now = await store.seconds_until_due(["k"], None)
+            assert now is not None and now <= 0
+            assert await store.seconds_until_due(["k"], ["nothere"]) is None
 
         self.check(body)
 

@@ -82,3 +82,10 @@ async def effect_direct(job: Job) -> None:
 def broken_factory() -> HandlerMux:
     """A factory that fails: `outbox run` reports it in one line."""
     raise RuntimeError("no mux today")
+
+
+@mux.register("maybe_fail")
+async def maybe_fail(job: Job) -> None:
+    """Fails when the payload says so (for `outbox run --once` exit codes)."""
+    if job.payload and job.payload.get("fail"):
+        raise ValueError("told to fail")

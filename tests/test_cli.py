@@ -16,6 +16,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
+import outbox
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -374,3 +376,21 @@ def test_dashboard_on_an_unmigrated_schema_says_what_to_run(dsn):
     result = outbox_cmd("dashboard", "--schema", "never_migrated", dsn=dsn)
     assert result.returncode == 1
     assert "outbox migrate" in result.stderr
+
+
+@pytest.mark.slow
+def test_run_once_runs_what_is_due_and_exits_0(dsn, ob, conn):
+    ob.enqueue_many(conn, [outbox.NewJob("maybe_fail") for _ in range(1000)])
+    ob.enqueue_many(conn, [outbox.NewJob("maybe_fail", delay=3600) for _ in range(10)])
+    result = outbox_cmd("run", "tests.jobs_app:mux", "--once", "--schema", ob.schema, dsn=dsn)
+    assert result.returncode == 0, result.stderr
+    assert "ran 1000 attempts: 1000 succeeded, 0 failed" in result.stdout
+    totals = ob.stats(conn).totals
+    assert (totals["succeeded"], totals["pending"]) == (1000, 10)
+
+
+def test_run_once_with_failing_attempts_exits_6_with_the_counts(dsn, ob, conn):
+    ob.enqueue_many(conn, [outbox.NewJob("maybe_fail", {"fail": i < 2}) for i in range(5)])
+    result = outbox_cmd("run", "tests.jobs_app:mux", "--once", "--schema", ob.schema, dsn=dsn)
+    assert result.returncode == 6, result.stderr
+    assert "ran 5 attempts: 3 succeeded, 2 retried, 0 failed" in result.stdout

@@ -10,6 +10,7 @@ Layout (each module one service or one shared part; services never import each o
 
 from __future__ import annotations
 
+from outbox.runner.events import RunSummary
 from outbox.runner.health import Health
 from outbox.runner.runner import (
     DEFAULT_LEASE_SECONDS,
@@ -23,5 +24,6 @@ __all__ = [
     "DEFAULT_SHUTDOWN_TIMEOUT",
     "DEFAULT_WAIT_FOR_DB",
     "Health",
+    "RunSummary",
     "Runner",
 ]

@@ -4,6 +4,10 @@ It leases ``min(free slots, batch_size)`` jobs in one statement whenever the lan
 slots and is woken (a notification, a freed slot, a rescue) or the poll interval passes. With
 a backlog and slots freeing one by one, it gathers a few before leasing rather than issuing a
 statement per freed slot. A failed lease (the database is away) is retried with backoff.
+
+In a one-shot run (``once=True``) it returns once nothing is due and every job it started has
+its outcome written; with ``until`` (a monotonic deadline) it first waits for pending jobs,
+retries among them, that fall due before then.
 """
 
 from __future__ import annotations
@@ -46,8 +50,12 @@ class Dispatcher:
         poll_interval: float,
         clock: Clock,
         log: Any,
+        once: bool = False,
+        until: float | None = None,
     ) -> None:
         self.name = name
+        self._once = once
+        self._until = until
         self._shared = shared
         self._lane = lane
         self._store = store
@@ -96,4 +104,26 @@ class Dispatcher:
                 backlog = got == want
             if got and got == want:
                 continue
+            if self._once and not got and not lane.busy:
+                pause = await self._idle_pause()
+                if pause is None:
+                    return
+                await self._clock.wait(lane.wake, pause)
+                continue
             await self._clock.wait(lane.wake, self._poll_interval)
+
+    async def _idle_pause(self) -> float | None:
+        """In a one-shot run with nothing due: how long to wait for more, or None to end."""
+        if any(h.lane is self._lane for h in self._shared.held.values()):
+            return self._poll_interval  # outcomes still being written: a retry may follow
+        if self._until is None:
+            return None
+        left = self._until - self._clock.monotonic()
+        try:
+            due = await self._store.seconds_until_due(self._kinds, self._lane.queues)
+        except DatabaseError as exc:
+            self._log.warning("runner.lease_failed", error=safe_failure_message(exc))
+            return self._poll_interval
+        if due is None or due > left:
+            return None
+        return min(max(due, 0.01), self._poll_interval)

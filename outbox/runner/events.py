@@ -6,6 +6,8 @@ Labels (kinds) go through ``safe_label``; error texts are already bounded by
 
 from __future__ import annotations
 
+from collections import Counter
+from dataclasses import dataclass, fields
 from typing import Any
 
 from outbox.models import Job
@@ -13,7 +15,7 @@ from outbox.observe import Observer, Outcome, job_event, noop_observer
 from outbox.safety import safe_failure_message, safe_label
 from outbox.store import Outcome as Written
 
-__all__ = ["Reporter"]
+__all__ = ["Reporter", "RunSummary"]
 
 _OUTCOMES: dict[str, Outcome] = {
     "succeeded": "succeeded",
@@ -23,16 +25,54 @@ _OUTCOMES: dict[str, Outcome] = {
 }
 
 
+@dataclass(frozen=True)
+class RunSummary:
+    """What one ``Runner.run_once()`` did: attempts by how they ended."""
+
+    succeeded: int = 0
+    retried: int = 0
+    """Attempts that failed and will be retried (the job is pending again)."""
+    failed: int = 0
+    """Attempts that failed for the last time (the job is ``failed``)."""
+    discarded: int = 0
+    cancelled: int = 0
+    released: int = 0
+    """Jobs handed back unfinished (the run hit its time limit)."""
+
+    @property
+    def attempts(self) -> int:
+        """Every attempt that ended."""
+        return sum(vars(self).values())
+
+    @property
+    def ok(self) -> bool:
+        """Every attempt succeeded (and there may have been none)."""
+        return self.attempts == self.succeeded
+
+    def __str__(self) -> str:
+        parts = ", ".join(f"{n} {name}" for name, n in vars(self).items() if n or name == "failed")
+        return f"{self.attempts} attempts: {parts}"
+
+
+_SUMMARY_FIELDS = {f.name for f in fields(RunSummary)}
+
+
 class Reporter:
-    """Logs each attempt's end and passes it to the observer."""
+    """Logs each attempt's end, counts it, and passes it to the observer."""
 
     def __init__(self, log: Any, observer: Observer) -> None:
         self.log = log
         self.observer = observer
+        self.counts: Counter[str] = Counter()
+
+    def summary(self) -> RunSummary:
+        """The attempts counted so far."""
+        return RunSummary(**{k: v for k, v in self.counts.items() if k in _SUMMARY_FIELDS})
 
     def finished(self, job: Job, written: Written, duration: float, lag: float) -> None:
         """An attempt ended with an outcome to write."""
         outcome = _OUTCOMES[written.state]
+        self.counts[outcome] += 1
         fields = {
             "job_id": job.id,
             "kind": safe_label(job.kind),
@@ -51,6 +91,7 @@ class Reporter:
 
     def unrecorded(self, job: Job, outcome: Outcome, duration: float, lag: float) -> None:
         """An attempt ended without an outcome to write: cancelled, or handed back."""
+        self.counts[outcome] += 1
         self.log.info(f"job.{outcome}", job_id=job.id, kind=safe_label(job.kind))
         self.observe(job, outcome, duration, lag)
 

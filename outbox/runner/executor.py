@@ -79,7 +79,7 @@ class Executor:
     ) -> None:
         self._shared = shared
         self._mux = mux
-        self._reporter = reporter
+        self.reporter = reporter
         self._backoff = backoff
         self._max_payload_bytes = max_payload_bytes
         self._runner_id = runner_id
@@ -106,7 +106,7 @@ class Executor:
         job, route = held.job, held.route
         started = time.monotonic()
         lag = max(0.0, time.time() - job.run_at.timestamp())
-        self._reporter.log.debug("job.started", job_id=job.id, kind=job.kind, attempt=job.attempts)
+        self.reporter.log.debug("job.started", job_id=job.id, kind=job.kind, attempt=job.attempts)
         try:
             result = await self._call(route, job)
             written = self._success(job, result)
@@ -115,13 +115,13 @@ class Executor:
                 raise
             reason = held.stop_reason
             outcome = "released" if reason == "shutdown" else reason
-            self._reporter.unrecorded(job, outcome, time.monotonic() - started, lag)
+            self.reporter.unrecorded(job, outcome, time.monotonic() - started, lag)
             if reason != "shutdown":
                 self._shared.forget(held)
             return
         except BaseException as exc:
             written = self._failure(job, route, exc, time.monotonic() - started)
-        self._reporter.finished(job, written, time.monotonic() - started, lag)
+        self.reporter.finished(job, written, time.monotonic() - started, lag)
         shared = self._shared
         while shared.unwritten >= shared.batch_size:
             shared.room.clear()

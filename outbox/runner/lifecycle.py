@@ -101,27 +101,34 @@ class Run:
                 )
                 await clock.wait(self.shared.stopping, delay)
 
-    def services(self) -> list[Service]:
-        """Every service of this run, dispatchers first."""
-        runner, shared, store, clock, log = (
-            self.runner, self.shared, self.runner.store, self.runner.clock, self.log,
-        )  # fmt: skip
-        services: list[Service] = [
+    def dispatchers(self, *, once: bool = False, until: float | None = None) -> list[Dispatcher]:
+        """A dispatcher per lane."""
+        runner, shared = self.runner, self.shared
+        return [
             Dispatcher(
                 shared,
                 lane,
                 name=f"dispatcher-{i}" if len(shared.lanes) > 1 else "dispatcher",
-                store=store,
+                store=runner.store,
                 start=self.executor.start,
                 runner_id=runner.runner_id,
                 kinds=runner.mux.kinds(),
                 lease_seconds=runner.lease_seconds,
                 poll_interval=runner.poll_interval,
-                clock=clock,
-                log=log,
+                clock=runner.clock,
+                log=self.log,
+                once=once,
+                until=until,
             )
             for i, lane in enumerate(shared.lanes)
         ]
+
+    def services(self) -> list[Service]:
+        """Every service of this run, dispatchers first."""
+        runner, shared, store, clock, log = (
+            self.runner, self.shared, self.runner.store, self.runner.clock, self.log,
+        )  # fmt: skip
+        services: list[Service] = [*self.dispatchers()]
         services += [
             Completer(shared, store=store, runner_id=runner.runner_id, clock=clock, log=log),
             Heartbeat(
@@ -164,6 +171,44 @@ class Run:
             await self.shutdown(dispatchers)
             raise
         await self.shutdown(dispatchers)
+
+    async def once(self, *, until_empty: bool, max_seconds: float | None) -> None:
+        """Run what is due, write every outcome, and stop.
+
+        With ``until_empty``, also what falls due within ``max_seconds``. Past ``max_seconds``
+        it stops as ``stop()`` does.
+        """
+        clock, shared = self.runner.clock, self.shared
+        until = None
+        if until_empty:
+            until = clock.monotonic() + (max_seconds if max_seconds is not None else 3600.0)
+        runner, store, log = self.runner, self.runner.store, self.log
+        self.supervisor.start(
+            Completer(shared, store=store, runner_id=runner.runner_id, clock=clock, log=log)
+        )
+        self.supervisor.start(
+            Heartbeat(
+                shared,
+                renew=lambda leases, seconds: store.heartbeat(runner.runner_id, leases, seconds),
+                lease_seconds=runner.lease_seconds,
+                clock=clock,
+                log=log,
+            )
+        )
+        tasks = [asyncio.create_task(d.run()) for d in self.dispatchers(once=True, until=until)]
+        try:
+            done: asyncio.Future[Any] = asyncio.gather(*tasks)
+            stopped: asyncio.Future[Any] = asyncio.ensure_future(shared.stopping.wait())
+            await asyncio.wait(
+                {done, stopped}, timeout=max_seconds, return_when=asyncio.FIRST_COMPLETED
+            )
+            stopped.cancel()
+            if done.done() and not done.cancelled() and done.exception() is not None:
+                raise done.exception()  # type: ignore[misc]
+        finally:
+            shared.stopping.set()
+            await cancel_and_wait(tasks)
+            await self.shutdown([])
 
     def request_stop(self, now: bool) -> None:
         """Begin stopping (on the loop's thread)."""

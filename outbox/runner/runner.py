@@ -28,6 +28,7 @@ from outbox.errors import ConfigurationError, OutboxError, RunnerFailedError
 from outbox.mux import HandlerMux
 from outbox.observe import Observer, get_logger, noop_observer
 from outbox.runner import lifecycle
+from outbox.runner.events import RunSummary
 from outbox.runner.health import Health
 from outbox.runner.state import Lane, Shared
 from outbox.safety import safe_label, sanitize_queue
@@ -122,6 +123,7 @@ class Runner:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._failure: OutboxError | None = None
+        self._summary: RunSummary | None = None
 
     # -- running -----------------------------------------------------------------------------
 
@@ -188,7 +190,27 @@ class Runner:
         self._thread = thread
         return thread
 
-    async def _run(self, on_started: Callable[[], None] | None) -> None:
+    async def run_once(
+        self, *, until_empty: bool = False, max_seconds: float | None = None
+    ) -> RunSummary:
+        """Run the jobs that are due now, write every outcome, and return what happened.
+
+        For serverless platforms and cron-started containers: it leases until nothing is due,
+        waits for the handlers, writes their outcomes and returns (nothing is left leased).
+        ``until_empty`` also waits for pending jobs that fall due (retries among them) until
+        none is left or ``max_seconds`` have passed; past ``max_seconds`` (either way) it stops
+        as ``stop()`` does and hands unfinished jobs back. Raises as ``run()`` does.
+        """
+        self._summary = None
+        await self._run(on_started=None, once=(until_empty, max_seconds))
+        assert self._summary is not None
+        return self._summary
+
+    async def _run(
+        self,
+        on_started: Callable[[], None] | None,
+        once: tuple[bool, float | None] | None = None,
+    ) -> None:
         if self._loop is not None:
             raise ConfigurationError("this runner is already running")
         self._loop = asyncio.get_running_loop()
@@ -203,7 +225,11 @@ class Runner:
             try:
                 if on_started is not None:
                     on_started()
-                await run.serve()
+                if once is None:
+                    await run.serve()
+                else:
+                    await run.once(until_empty=once[0], max_seconds=once[1])
+                    self._summary = run.executor.reporter.summary()
             finally:
                 await self.store.close()
         finally:

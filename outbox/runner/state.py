@@ -88,6 +88,7 @@ class Shared:
         if self.held.get(held.key) is held:
             del self.held[held.key]
         self.free_slot(held)
+        held.lane.wake.set()  # a one-shot run waits for the last outcome before it ends
 
     def snapshot(self) -> list[Held]:
         """The held jobs, safe to call from another thread (the heartbeat's)."""

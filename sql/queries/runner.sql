@@ -99,5 +99,14 @@ WHERE id IN (
 )
 RETURNING id
 
+-- name: seconds_until_due
+-- For one-shot runs: how long until the earliest pending job of these kinds (and queues) is
+-- due, in seconds (negative: due already); NULL when none is pending.
+SELECT extract(epoch FROM min(run_at) - now())::float8
+FROM {schema}.jobs
+WHERE state = 'pending'
+  AND kind = ANY(%(kinds)s::text[])
+  AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
+
 -- name: listen
 LISTEN {channel}

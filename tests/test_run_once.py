@@ -1,0 +1,85 @@
+"""One-shot runs for serverless platforms and cron: run what is due, write it all, return."""
+
+from __future__ import annotations
+
+import pytest
+
+from outbox import HandlerMux, Job, NewJob, RetryableError, Runner
+from outbox.testing import InMemoryStore
+from tests.helpers import states
+
+
+def mux_failing(ids_to_fail: set[int] | None = None, retries: int = 0) -> HandlerMux:
+    mux = HandlerMux()
+    tries: dict[int, int] = {}
+
+    @mux.register("work")
+    async def work(job: Job) -> None:
+        tries[job.id] = tries.get(job.id, 0) + 1
+        if ids_to_fail and job.id in ids_to_fail:
+            raise ValueError("always")
+        if tries[job.id] <= retries:
+            raise RetryableError("not yet", retry_after=0.05)
+
+    return mux
+
+
+async def test_run_once_runs_what_is_due_and_leaves_what_is_scheduled(dsn, ob, conn):
+    ob.enqueue_many(conn, [NewJob("work") for _ in range(1000)])
+    ob.enqueue_many(conn, [NewJob("work", delay=3600) for _ in range(10)])
+    runner = Runner(mux_failing(), dsn=dsn, outbox=ob, concurrency=50)
+    summary = await runner.run_once()
+    assert summary.ok and summary.succeeded == 1000
+    assert states(dsn, ob.schema) == {"succeeded": 1000, "pending": 10}
+
+
+async def test_run_once_reports_failed_attempts_and_leaves_their_retries_pending(dsn, ob, conn):
+    ids = ob.enqueue_many(conn, [NewJob("work", max_attempts=3) for _ in range(20)])
+    runner = Runner(mux_failing(set(ids[:3])), dsn=dsn, outbox=ob)
+    summary = await runner.run_once()
+    assert not summary.ok
+    assert (summary.succeeded, summary.retried) == (17, 3)
+    assert "3 retried" in str(summary)
+    assert states(dsn, ob.schema) == {"succeeded": 17, "pending": 3}
+
+
+async def test_run_once_until_empty_waits_for_retries_within_its_time(dsn, ob, conn):
+    ob.enqueue_many(conn, [NewJob("work", max_attempts=5) for _ in range(10)])
+    runner = Runner(mux_failing(retries=2), dsn=dsn, outbox=ob, poll_interval=0.05)
+    summary = await runner.run_once(until_empty=True, max_seconds=30)
+    assert summary.succeeded == 10 and summary.retried == 20
+    assert states(dsn, ob.schema) == {"succeeded": 10}
+
+
+async def test_run_once_on_an_empty_table_returns_at_once():
+    runner = Runner(mux_failing(), store=InMemoryStore())
+    summary = await runner.run_once(until_empty=True, max_seconds=5)
+    assert summary.attempts == 0 and summary.ok
+
+
+async def test_run_once_stops_at_its_time_limit_and_hands_back_what_runs():
+    import asyncio
+
+    store = InMemoryStore()
+    mux = HandlerMux()
+
+    @mux.register("slow")
+    async def slow(job: Job) -> None:
+        await asyncio.sleep(60)
+
+    job_id = store.enqueue("slow")
+    runner = Runner(mux, store=store, shutdown_timeout=0.1)
+    summary = await runner.run_once(max_seconds=0.3)
+    assert summary.released == 1 and not summary.ok
+    job = store.get_job(job_id)
+    assert (job.state, job.attempts) == ("pending", 0)
+
+
+@pytest.mark.parametrize("until_empty", [False, True])
+async def test_a_runner_can_run_once_again_after_a_run(until_empty):
+    store = InMemoryStore()
+    runner = Runner(mux_failing(), store=store)
+    store.enqueue("work")
+    assert (await runner.run_once(until_empty=until_empty, max_seconds=5)).succeeded == 1
+    store.enqueue("work")
+    assert (await runner.run_once(until_empty=until_empty, max_seconds=5)).succeeded == 1
