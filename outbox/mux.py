@@ -11,7 +11,7 @@ import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, TypeVar, overload
+from typing import Any, Literal, TypeVar, get_args, overload
 
 from pydantic import BaseModel
 
@@ -21,10 +21,17 @@ from outbox.models import Job
 from outbox.periodic import Schedule
 from outbox.safety import sanitize_kind
 
-__all__ = ["Handler", "HandlerMux", "Route"]
+__all__ = ["JOB_EVENTS", "Handler", "HandlerMux", "JobEventName", "Listener", "Route"]
 
 Handler = Callable[[Job], Any] | Callable[[Job], Awaitable[Any]]
 H = TypeVar("H", bound=Handler)
+
+JobEventName = Literal["started", "succeeded", "retrying", "failed", "discarded"]
+JOB_EVENTS: tuple[JobEventName, ...] = get_args(JobEventName)
+"""What ``HandlerMux.on`` can listen for: an attempt started, or how it ended."""
+
+Listener = Callable[[Job, "str | None"], None]
+"""Called with the job and, for retrying, failed and discarded, the bounded error."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +60,25 @@ class HandlerMux:
     def __init__(self) -> None:
         self._routes: dict[str, Route] = {}
         self._schedules: dict[str, Schedule] = {}
+        self._listeners: dict[tuple[str, str], list[Listener]] = {}
+
+    def on(self, kind: str, event: JobEventName, callback: Listener) -> None:
+        """Call ``callback(job, error)`` when an attempt of ``kind`` starts or ends so.
+
+        ``event`` is started, succeeded, retrying, failed (the last attempt failed) or
+        discarded. Callbacks run on the runner's event loop, in registration order, after the
+        outcome is decided: one that raises is logged and never changes the outcome. Keep them
+        quick (schedule slow work elsewhere).
+        """
+        if event not in JOB_EVENTS:
+            raise ConfigurationError(f"event must be one of {', '.join(JOB_EVENTS)}, got {event!r}")
+        if not callable(callback):
+            raise ConfigurationError("the callback is not callable")
+        self._listeners.setdefault((sanitize_kind(kind), event), []).append(callback)
+
+    def listeners(self, kind: str, event: JobEventName) -> list[Listener]:
+        """The callbacks registered for this kind and event."""
+        return self._listeners.get((kind, event), [])
 
     def periodic(
         self,

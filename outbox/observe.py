@@ -102,13 +102,25 @@ def observers(*chain: Observer) -> Observer:
     return call_all
 
 
-def get_logger(**context: Any) -> Any:
-    """Return outbox's structlog logger.
+def get_logger(logger: Any = None, /, **context: Any) -> Any:
+    """Return outbox's structlog logger, or ``logger`` made into one, bound to ``context``.
+
+    ``logger`` may be a structlog logger (anything with ``bind``) or a stdlib
+    ``logging.Logger``: outbox's events then go to it as records whose message is the event
+    name and whose ``extra`` holds the fields (structlog's ``render_to_log_kwargs``).
 
     When the application has configured structlog, its configuration applies. When it has not,
     outbox logs at INFO and above only: per-job events are DEBUG, and a library should not
     flood a console that nobody set up.
     """
+    if isinstance(logger, logging.Logger):
+        return structlog.wrap_logger(
+            logger,
+            wrapper_class=structlog.stdlib.BoundLogger,
+            processors=[structlog.stdlib.render_to_log_kwargs],
+        ).bind(**context)
+    if logger is not None:
+        return logger.bind(**context)
     if structlog.is_configured():
         return structlog.get_logger("outbox").bind(**context)
     return structlog.wrap_logger(

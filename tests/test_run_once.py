@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from outbox import HandlerMux, Job, NewJob, RetryableError, Runner
+from outbox import Backoff, HandlerMux, Job, NewJob, RetryableError, Runner
 from outbox.testing import InMemoryStore
 from tests.helpers import states
 
@@ -83,3 +83,42 @@ async def test_a_runner_can_run_once_again_after_a_run(until_empty):
     assert (await runner.run_once(until_empty=until_empty, max_seconds=5)).succeeded == 1
     store.enqueue("work")
     assert (await runner.run_once(until_empty=until_empty, max_seconds=5)).succeeded == 1
+
+
+async def test_listeners_per_kind_hear_each_attempt_and_a_failing_one_changes_nothing():
+    store = InMemoryStore()
+    mux = HandlerMux()
+    heard: list[tuple[str, int, str | None]] = []
+
+    @mux.register("flaky")
+    async def flaky(job: Job) -> None:
+        if job.attempts == 1:
+            raise ValueError("first try")
+
+    mux.register("other", lambda job: None)
+    for event in ("started", "succeeded", "retrying"):
+        mux.on("flaky", event, lambda job, error, e=event: heard.append((e, job.attempts, error)))
+
+    def broken(job, error):
+        raise RuntimeError("listener bug")
+
+    mux.on("flaky", "succeeded", broken)
+    job_id = store.enqueue("flaky", max_attempts=3)
+    store.enqueue("other")
+    runner = Runner(mux, store=store, backoff=Backoff(0.01, 0.02), poll_interval=0.01)
+    summary = await runner.run_once(until_empty=True, max_seconds=10)
+    assert summary.succeeded == 2 and summary.retried == 1
+    assert store.get_job(job_id).state == "succeeded"
+    assert heard == [
+        ("started", 1, None),
+        ("retrying", 1, "ValueError: first try"),
+        ("started", 2, None),
+        ("succeeded", 2, None),
+    ]
+
+
+def test_listening_for_an_unknown_event_is_refused():
+    from outbox import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="started, succeeded"):
+        HandlerMux().on("k", "finished", lambda job, error: None)

@@ -137,3 +137,21 @@ async def test_health_says_alive_and_ready_while_the_runner_runs():
         from_afar = await asyncio.to_thread(asyncio.run, runner.health())
         assert from_afar.live and from_afar.ready
     assert not (await runner.health()).live
+
+
+async def test_a_runner_logs_through_the_stdlib_logger_it_is_given(caplog):
+    import logging
+
+    logger = logging.getLogger("myapp.jobs")
+    clock = FakeClock()
+    store = InMemoryStore(clock=clock)
+    mux = HandlerMux()
+    mux.register("x", lambda job: None)
+    runner = Runner(mux, store=store, clock=clock, logger=logger, runner_id="r1")
+    with caplog.at_level(logging.INFO, logger="myapp.jobs"):
+        async with runner.running():
+            pass
+    started = [r for r in caplog.records if r.getMessage() == "runner.started"]
+    assert started and started[0].name == "myapp.jobs"
+    assert started[0].runner == "r1" and started[0].kinds == ["x"]
+    assert any(r.getMessage() == "runner.stopped" for r in caplog.records)

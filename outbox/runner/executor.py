@@ -26,14 +26,21 @@ from outbox.backoff import Backoff
 from outbox.enqueuing import dump_payload
 from outbox.errors import PayloadError, PermanentError, RetryableError
 from outbox.models import Job, JobState, trusted_job
-from outbox.mux import HandlerMux, Route
+from outbox.mux import HandlerMux, JobEventName, Route
 from outbox.runner.events import Reporter
 from outbox.runner.state import Held, Lane, Shared
-from outbox.safety import safe_failure_message
+from outbox.safety import safe_failure_message, safe_label
 from outbox.store import Leased
 from outbox.store import Outcome as Written
 
 __all__ = ["Executor"]
+
+_EVENTS: dict[str, JobEventName] = {
+    "succeeded": "succeeded",
+    "pending": "retrying",
+    "failed": "failed",
+    "discarded": "discarded",
+}
 
 _timeout: Callable[[float | None], contextlib.AbstractAsyncContextManager[Any]]
 if sys.version_info >= (3, 11):
@@ -107,6 +114,7 @@ class Executor:
         started = time.monotonic()
         lag = max(0.0, time.time() - job.run_at.timestamp())
         self.reporter.log.debug("job.started", job_id=job.id, kind=job.kind, attempt=job.attempts)
+        self._tell(job, "started", None)
         try:
             result = await self._call(route, job)
             written = self._success(job, result)
@@ -122,6 +130,7 @@ class Executor:
         except BaseException as exc:
             written = self._failure(job, route, exc, time.monotonic() - started)
         self.reporter.finished(job, written, time.monotonic() - started, lag)
+        self._tell(job, _EVENTS[written.state], written.error)
         shared = self._shared
         while shared.unwritten >= shared.batch_size:
             shared.room.clear()
@@ -131,6 +140,19 @@ class Executor:
         shared.outcomes.append((held, written))
         shared.outcome_ready.set()
         shared.free_slot(held)
+
+    def _tell(self, job: Job, event: JobEventName, error: str | None) -> None:
+        """Call the mux's listeners for this kind and event; a failing one is only logged."""
+        for listener in self._mux.listeners(job.kind, event):
+            try:
+                listener(job, error)
+            except Exception as exc:
+                self.reporter.log.warning(
+                    "runner.listener_failed",
+                    kind=safe_label(job.kind),
+                    job_event=event,
+                    error=safe_failure_message(exc),
+                )
 
     async def _call(self, route: Route, job: Job) -> Any:
         if route.payload_model is not None:

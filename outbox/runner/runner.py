@@ -59,8 +59,9 @@ class Runner:
     with the pool's conninfo), or any ``store`` (``outbox.testing.InMemoryStore`` for tests).
     ``queues`` is None (every queue), a list of queue names sharing ``concurrency`` slots, or
     a mapping of queue name to its own slot count. Start-up waits up to ``wait_for_db``
-    seconds for a database that cannot be reached yet (0: fail at once). ``clock`` is for
-    tests (``outbox.testing.FakeClock``).
+    seconds for a database that cannot be reached yet (0: fail at once). ``logger`` (a
+    structlog or stdlib logger) receives every runner log line instead of outbox's own.
+    ``clock`` is for tests (``outbox.testing.FakeClock``).
     """
 
     def __init__(
@@ -83,6 +84,7 @@ class Runner:
         observer: Observer = noop_observer,
         runner_id: str | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        logger: Any = None,
     ) -> None:
         if [dsn, pool, store].count(None) != 2:
             raise ConfigurationError("give the runner a dsn, a pool or a store (one of them)")
@@ -118,7 +120,7 @@ class Runner:
             application_name=f"outbox {self.runner_id}",
         )
         self.lanes = _make_lanes(queues, concurrency)
-        self.log = get_logger(runner=self.runner_id)
+        self.log = get_logger(logger, runner=self.runner_id)
         self._run_state: lifecycle.Run | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
