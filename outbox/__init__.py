@@ -74,6 +74,7 @@ __all__ = [
     "discard",
     "enqueue",
     "enqueue_many",
+    "flush",
     "get_job",
     "list_jobs",
     "migrate",
@@ -94,6 +95,7 @@ count = _DEFAULT.count
 discard = _DEFAULT.discard
 enqueue = _DEFAULT.enqueue
 enqueue_many = _DEFAULT.enqueue_many
+flush = _DEFAULT.flush
 get_job = _DEFAULT.get_job
 list_jobs = _DEFAULT.list_jobs
 stats = _DEFAULT.stats

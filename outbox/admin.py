@@ -16,8 +16,10 @@ __all__ = [
     "cancel_plan",
     "count_plan",
     "discard_plan",
+    "flush_plan",
     "retry_many_plan",
     "retry_plan",
+    "unfinished_plan",
 ]
 
 RETRY_BATCH = 1000
@@ -31,6 +33,31 @@ def cancel_plan(schema: str, job_id: int) -> Plan[bool]:
     """Cancel a pending or running job; False when it had already finished (or never existed)."""
     rows = yield Statement(queries.query("cancel", schema), (job_id,))
     return bool(rows)
+
+
+FLUSH_BATCH = 1000
+"""Unfinished jobs deleted per statement by a flush."""
+
+
+def flush_plan(
+    schema: str, kind: str | None, queue: str | None, batch: int = FLUSH_BATCH
+) -> Plan[int]:
+    """Delete every pending or running job of ``kind`` and/or ``queue``, a batch at a time."""
+    total = 0
+    while True:
+        params = {"kind": kind, "queue": queue, "limit": batch}
+        rows = yield Statement(queries.query("flush", schema), params)
+        total += len(rows)
+        if len(rows) < batch:
+            return total
+
+
+def unfinished_plan(schema: str, kind: str | None, queue: str | None) -> Plan[int]:
+    """How many pending or running jobs a flush with these filters would delete."""
+    rows = yield Statement(
+        queries.query("count_unfinished", schema), {"kind": kind, "queue": queue}
+    )
+    return int(rows[0][0])
 
 
 def discard_plan(schema: str, job_id: int, reason: str) -> Plan[bool]:

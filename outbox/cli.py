@@ -385,6 +385,33 @@ def prune(
     typer.echo(f"deleted {deleted} finished jobs older than {older_than:g} days")
 
 
+@app.command()
+def flush(
+    kind: Annotated[str | None, typer.Option(help="Only jobs of this kind.")] = None,
+    queue: Annotated[str | None, typer.Option(help="Only jobs in this queue.")] = None,
+    everything: Annotated[
+        bool, typer.Option("--all", help="Every unfinished job (when no filter is given).")
+    ] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    dsn: DsnOption = None,
+    schema: SchemaOption = DEFAULT_SCHEMA,
+) -> None:
+    """Delete unfinished (pending and running) jobs of a kind or queue, for good."""
+    ob = _outbox(schema)
+    if kind is None and queue is None and not everything:
+        _fail("flush needs --kind or --queue (or --all for every unfinished job)", 2)
+    with _connect(dsn) as conn, _errors():
+        what = " and ".join(
+            [f"kind {kind!r}"] * (kind is not None) + [f"queue {queue!r}"] * (queue is not None)
+        )
+        found = ob.count_unfinished(conn, kind=kind, queue=queue)
+        label = f"{found} unfinished jobs" + (f" of {what}" if what else "")
+        if found and not yes and not typer.confirm(f"delete {label} for good?", default=False):
+            _fail("nothing deleted", 1)
+        deleted = ob.flush(conn, kind=kind, queue=queue, everything=everything)
+    typer.echo(f"flushed {deleted} unfinished jobs" + (f" of {what}" if what else ""))
+
+
 def _load_target(target: str) -> Any:
     module_name, _, attr = target.partition(":")
     if not module_name or not attr:

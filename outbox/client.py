@@ -25,7 +25,7 @@ from outbox.db import AnyConnection, Plan, execute
 from outbox.errors import ConfigurationError, InvalidOptionError, UnknownQueueError
 from outbox.models import Job, JobState, NewJob, Stats
 from outbox.queries import check_schema_name
-from outbox.safety import MAX_PAYLOAD_BYTES, sanitize_queue
+from outbox.safety import MAX_PAYLOAD_BYTES, sanitize_kind, sanitize_queue
 
 __all__ = ["DEFAULT_SCHEMA", "Outbox"]
 
@@ -322,6 +322,48 @@ class Outbox:
         return self._run(conn, _admin.count_plan(self.schema, wanted, kind, queue))
 
     @overload
+    def flush(
+        self, conn: SyncConn, *, kind: str | None = ..., queue: str | None = ...,
+        everything: bool = ...,
+    ) -> int: ...  # fmt: skip
+    @overload
+    def flush(
+        self, conn: AsyncConn, *, kind: str | None = ..., queue: str | None = ...,
+        everything: bool = ...,
+    ) -> Awaitable[int]: ...  # fmt: skip
+    def flush(
+        self, conn: AnyConnection, *, kind: str | None = None, queue: str | None = None,
+        everything: bool = False,
+    ) -> int | Awaitable[int]:  # fmt: skip
+        """Delete every unfinished (pending or running) job of ``kind`` and/or ``queue``.
+
+        On purpose and for good: a flushed job never runs, and a runner holding one finds it
+        gone and writes no outcome. With neither filter it refuses unless ``everything=True``.
+        Deletes in batches of 1,000; returns how many.
+        """
+        kind, queue = _filters(kind, queue)
+        if kind is None and queue is None and not everything:
+            raise InvalidOptionError(
+                "flush needs kind= or queue= (or everything=True to delete every unfinished job)"
+            )
+        return self._run(conn, _admin.flush_plan(self.schema, kind, queue))
+
+    @overload
+    def count_unfinished(
+        self, conn: SyncConn, *, kind: str | None = ..., queue: str | None = ...
+    ) -> int: ...
+    @overload
+    def count_unfinished(
+        self, conn: AsyncConn, *, kind: str | None = ..., queue: str | None = ...
+    ) -> Awaitable[int]: ...
+    def count_unfinished(
+        self, conn: AnyConnection, *, kind: str | None = None, queue: str | None = None
+    ) -> int | Awaitable[int]:
+        """How many pending or running jobs of ``kind`` and/or ``queue`` there are."""
+        kind, queue = _filters(kind, queue)
+        return self._run(conn, _admin.unfinished_plan(self.schema, kind, queue))
+
+    @overload
     def prune(self, conn: SyncConn, older_than: timedelta) -> int: ...
     @overload
     def prune(self, conn: AsyncConn, older_than: timedelta) -> Awaitable[int]: ...
@@ -349,6 +391,14 @@ class Outbox:
         if isinstance(conn, psycopg.AsyncConnection):
             return _migrate.migrate_async(conn, self.schema)
         return _migrate.migrate_sync(conn, self.schema)
+
+
+def _filters(kind: str | None, queue: str | None) -> tuple[str | None, str | None]:
+    """Kind and queue filters, checked as enqueue checks them."""
+    return (
+        None if kind is None else sanitize_kind(kind),
+        None if queue is None else sanitize_queue(queue),
+    )
 
 
 def _check_connection(conn: object, plan: Plan[Any] | None = None) -> None:

@@ -112,3 +112,46 @@ async def test_admin_actions_work_on_async_connections(ob, aconn):
     assert await ob.retry(aconn, job_id) is True
     assert await ob.count(aconn, state="pending") == 1
     assert await ob.retry_many(aconn, state="pending") == 1
+
+
+def test_flush_deletes_the_unfinished_jobs_of_a_kind_only(ob, conn):
+    doomed = [ob.enqueue(conn, "doomed") for _ in range(3)]
+    kept = ob.enqueue(conn, "kept")
+    done = ob.enqueue(conn, "doomed")
+    conn.execute(
+        f"UPDATE \"{ob.schema}\".jobs SET state = 'succeeded', finished_at = now() WHERE id = %s",
+        (done,),
+    )
+    assert ob.count_unfinished(conn, kind="doomed") == 3
+    assert ob.flush(conn, kind="doomed") == 3
+    assert all(ob.get_job(conn, i) is None for i in doomed)
+    assert ob.get_job(conn, kept) is not None and ob.get_job(conn, done) is not None
+
+
+def test_flush_without_a_filter_needs_everything(ob, conn):
+    ob.enqueue(conn, "a")
+    with pytest.raises(InvalidOptionError, match="everything=True"):
+        ob.flush(conn)
+    assert ob.flush(conn, everything=True) == 1
+
+
+async def test_a_runner_holding_a_flushed_job_writes_no_outcome(dsn, ob, conn):
+    import asyncio
+
+    from outbox import HandlerMux, Runner
+    from tests.helpers import eventually, running
+
+    started = asyncio.Event()
+    mux = HandlerMux()
+
+    @mux.register("slow")
+    async def slow(job):
+        started.set()
+        await asyncio.sleep(0.5)
+
+    job_id = ob.enqueue(conn, "slow")
+    async with running(Runner(mux, dsn=dsn, outbox=ob, poll_interval=0.05)):
+        await eventually(started.is_set)
+        assert ob.flush(conn, kind="slow") == 1
+        await asyncio.sleep(1)
+    assert ob.get_job(conn, job_id) is None

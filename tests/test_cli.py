@@ -394,3 +394,18 @@ def test_run_once_with_failing_attempts_exits_6_with_the_counts(dsn, ob, conn):
     result = outbox_cmd("run", "tests.jobs_app:mux", "--once", "--schema", ob.schema, dsn=dsn)
     assert result.returncode == 6, result.stderr
     assert "ran 5 attempts: 3 succeeded, 2 retried, 0 failed" in result.stdout
+
+
+def test_flush_asks_before_deleting_and_refuses_without_a_filter(dsn, ob, conn):
+    for _ in range(3):
+        ob.enqueue(conn, "doomed")
+    ob.enqueue(conn, "kept")
+    bare = outbox_cmd("flush", "--schema", ob.schema, dsn=dsn)
+    assert bare.returncode == 2 and "--kind or --queue" in bare.stderr
+    asked = outbox_cmd("flush", "--kind", "doomed", "--schema", ob.schema, dsn=dsn)
+    assert asked.returncode == 1  # no one answered yes: nothing deleted
+    assert ob.count_unfinished(conn, kind="doomed") == 3
+    done = outbox_cmd("flush", "--kind", "doomed", "--yes", "--schema", ob.schema, dsn=dsn)
+    assert done.returncode == 0, done.stderr
+    assert "flushed 3 unfinished jobs of kind 'doomed'" in done.stdout
+    assert ob.count_unfinished(conn) == 1

@@ -57,3 +57,23 @@ SELECT count(*) FROM {schema}.jobs
 WHERE state = %(state)s::{schema}.job_state
   AND (%(kind)s::text IS NULL OR kind = %(kind)s)
   AND (%(queue)s::text IS NULL OR queue = %(queue)s)
+
+-- name: flush
+-- Delete a batch of unfinished (pending or running) jobs of a queue and/or kind, on purpose.
+-- A runner holding a deleted job's lease finds it gone: its outcome is never written.
+DELETE FROM {schema}.jobs
+WHERE id IN (
+    SELECT id FROM {schema}.jobs
+    WHERE state IN ('pending', 'running')
+      AND (%(kind)s::text IS NULL OR kind = %(kind)s)
+      AND (%(queue)s::text IS NULL OR queue = %(queue)s)
+    LIMIT %(limit)s
+    FOR UPDATE
+)
+RETURNING id
+
+-- name: count_unfinished
+SELECT count(*) FROM {schema}.jobs
+WHERE state IN ('pending', 'running')
+  AND (%(kind)s::text IS NULL OR kind = %(kind)s)
+  AND (%(queue)s::text IS NULL OR queue = %(queue)s)
