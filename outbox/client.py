@@ -8,12 +8,13 @@ commits.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar, overload
 
 import psycopg
+from pydantic import BaseModel
 
 from outbox import admin as _admin
 from outbox import enqueuing as _enqueue
@@ -50,6 +51,9 @@ class Outbox:
     """Largest payload, in bytes of JSON, that enqueue accepts."""
     queues: frozenset[str] | None = field(default=None)
     """When set, enqueue refuses a queue outside these names."""
+    payloads: Mapping[str, type[BaseModel]] | None = field(default=None, hash=False)
+    """Pydantic models by kind (``mux.payload_models()``): enqueue validates those kinds'
+    payloads before writing (``InvalidPayloadError``)."""
 
     def __post_init__(self) -> None:
         check_schema_name(self.schema)
@@ -62,6 +66,13 @@ class Outbox:
             raise ConfigurationError(
                 f"queues must be a collection of queue names, not the str {self.queues!r}"
             )
+        if self.payloads is not None:
+            models = {}
+            for kind, model in dict(self.payloads).items():
+                if not (isinstance(model, type) and issubclass(model, BaseModel)):
+                    raise ConfigurationError(f"payloads[{kind!r}] must be a pydantic model class")
+                models[sanitize_kind(kind)] = model
+            object.__setattr__(self, "payloads", models)
         if self.queues is not None:
             try:
                 declared = frozenset(sanitize_queue(q) for q in self.queues)
@@ -131,6 +142,7 @@ class Outbox:
             max_payload_bytes=self.max_payload_bytes,
             queues=self.queues,
             metadata=_tracing.current_metadata(),
+            models=self.payloads,
         )
         if if_exists not in ("return", "raise"):
             raise ConfigurationError(f"if_exists must be 'return' or 'raise', got {if_exists!r}")
@@ -149,7 +161,7 @@ class Outbox:
         unique_key matches an unfinished job is skipped and gets no id.
         """
         rows = _enqueue.prepare_many(
-            jobs, max_payload_bytes=self.max_payload_bytes, queues=self.queues
+            jobs, max_payload_bytes=self.max_payload_bytes, queues=self.queues, models=self.payloads
         )
         return self._run(conn, _enqueue.enqueue_many_plan(self.schema, rows))
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 import functools
 import numbers
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any, Literal, NamedTuple
 
 import orjson
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from outbox import queries, tracing
 from outbox.db import Copy, Plan, Statement
@@ -22,11 +22,12 @@ from outbox.errors import (
     DuplicateJobError,
     InvalidJobError,
     InvalidOptionError,
+    InvalidPayloadError,
     PayloadTooLargeError,
     UnserializablePayloadError,
 )
 from outbox.models import NewJob
-from outbox.safety import sanitize_kind, sanitize_queue
+from outbox.safety import safe_failure_message, sanitize_kind, sanitize_queue
 
 __all__ = [
     "DEFAULT_MAX_ATTEMPTS",
@@ -164,8 +165,13 @@ def prepare(
     max_payload_bytes: int,
     queues: frozenset[str] | None,
     metadata: str | None = None,
+    models: Mapping[str, type[BaseModel]] | None = None,
 ) -> JobRow:
-    """Validate one job's fields; raise an InvalidJobError for the first bad one."""
+    """Validate one job's fields; raise an InvalidJobError for the first bad one.
+
+    When ``models`` has a pydantic model for the kind, the payload must be that model or
+    validate into it; the validated model is what is stored.
+    """
     if run_at is not None:
         if delay is not None:
             raise InvalidOptionError("give run_at or delay, not both")
@@ -185,8 +191,11 @@ def prepare(
         raise InvalidOptionError(
             f"unique_key must be a non-empty str of at most {UNIQUE_KEY_MAX_BYTES} bytes"
         )
+    canonical = _kind(kind)
+    if models:
+        payload = _typed(canonical, payload, models)
     return JobRow(
-        _kind(kind),
+        canonical,
         _queue(queue, queues),
         dump_payload(payload, max_payload_bytes),
         priority,
@@ -230,8 +239,30 @@ def enqueue_plan(schema: str, job: JobRow, if_exists: IfExists) -> Plan[int]:
         # The live job finished between the two statements: insert again.
 
 
+def _typed(kind: str, payload: Any, models: Mapping[str, type[BaseModel]]) -> Any:
+    """The payload validated into its kind's model, when the kind has one."""
+    model = models.get(kind)
+    if model is None or type(payload) is model:
+        return payload
+    if isinstance(payload, BaseModel) and not isinstance(payload, model):
+        raise InvalidPayloadError(
+            f"kind {kind!r} takes a {model.__name__} payload, got a {type(payload).__name__}"
+        )
+    try:
+        return model.model_validate(payload)
+    except ValidationError as exc:
+        message = safe_failure_message(str(exc).replace("\n", "; "))
+        raise InvalidPayloadError(
+            f"the payload of kind {kind!r} does not validate into {model.__name__}: {message}"
+        ) from None
+
+
 def prepare_many(
-    jobs: Iterable[NewJob], *, max_payload_bytes: int, queues: frozenset[str] | None
+    jobs: Iterable[NewJob],
+    *,
+    max_payload_bytes: int,
+    queues: frozenset[str] | None,
+    models: Mapping[str, type[BaseModel]] | None = None,
 ) -> list[JobRow]:
     """Validate every job; nothing is written unless all are valid."""
     rows = []
@@ -253,6 +284,7 @@ def prepare_many(
                     max_payload_bytes=max_payload_bytes,
                     queues=queues,
                     metadata=metadata,
+                    models=models,
                 )
             )
         except InvalidJobError as exc:

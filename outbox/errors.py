@@ -15,6 +15,7 @@ __all__ = [
     "InvalidJobError",
     "InvalidKindError",
     "InvalidOptionError",
+    "InvalidPayloadError",
     "JobControl",
     "OutboxError",
     "PayloadError",
@@ -59,6 +60,10 @@ class UnknownQueueError(InvalidJobError):
 
 class PayloadError(InvalidJobError):
     """The payload cannot be stored."""
+
+
+class InvalidPayloadError(PayloadError):
+    """The payload does not validate into the pydantic model registered for its kind."""
 
 
 class UnserializablePayloadError(PayloadError):

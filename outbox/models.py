@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum
-from typing import Any
+from typing import Any, Generic
 
 from pydantic import BaseModel, ConfigDict, Field
+from typing_extensions import TypeVar
 
 __all__ = ["FINAL_STATES", "Job", "JobState", "KindStats", "NewJob", "Stats"]
 
@@ -38,15 +39,23 @@ FINAL_STATES = frozenset(
 """States a job never leaves (except by an explicit retry)."""
 
 
-class Job(BaseModel):
-    """One job as stored: what ``get_job`` returns and what a handler receives."""
+P = TypeVar("P", default=Any)
+
+
+class Job(BaseModel, Generic[P]):
+    """One job as stored: what ``get_job`` returns and what a handler receives.
+
+    Generic in its payload for type checkers: a handler registered with ``payload=Model``
+    receives the validated model, so it can say ``job: Job[Model]`` and mypy checks its use of
+    ``job.payload``. At run time every job is a plain ``Job``.
+    """
 
     model_config = ConfigDict(frozen=True)
 
     id: int
     kind: str
     queue: str
-    payload: Any
+    payload: P
     state: JobState
     priority: int
     attempts: int

@@ -172,6 +172,14 @@ class HandlerMux:
         )
         return handler
 
+    def payload_models(self) -> dict[str, type[BaseModel]]:
+        """The pydantic model of each kind registered with ``payload=``.
+
+        Give it to ``Outbox(payloads=...)`` so that enqueue validates those payloads before
+        writing.
+        """
+        return {k: r.payload_model for k, r in self._routes.items() if r.payload_model}
+
     def kinds(self) -> list[str]:
         """The registered kinds, sorted."""
         return sorted(self._routes)
