@@ -40,9 +40,9 @@ def test_enqueue_validates_a_kind_with_a_model_before_writing(ob, conn):
     assert ob.get_job(conn, good).payload == {"order_id": 7, "email": "A@x.org"}  # coerced
     model = typed.enqueue(conn, "orders.send_receipt", Receipt(order_id=8, email="b@x.org"))
     assert ob.get_job(conn, model).payload["order_id"] == 8
-    with pytest.raises(InvalidPayloadError, match="does not validate into Receipt.*email"):
+    with pytest.raises(InvalidPayloadError, match=r"does not validate into Receipt.*email"):
         typed.enqueue(conn, "orders.send_receipt", {"order_id": 9})
-    with pytest.raises(InvalidPayloadError, match="job 1: .*order_id"):
+    with pytest.raises(InvalidPayloadError, match=r"job 1: .*order_id"):
         typed.enqueue_many(
             conn,
             [
