@@ -353,8 +353,8 @@ def _print_job(job: Job) -> None:
     console = Console(width=200)
     fields = Table.grid(padding=(0, 2))
     for name in ("id", "kind", "queue", "state", "priority", "attempts", "max_attempts",
-                 "run_at", "created_at", "finished_at", "leased_by", "leased_until",
-                 "unique_key"):  # fmt: skip
+                 "run_at", "created_at", "attempted_at", "updated_at", "finished_at",
+                 "leased_by", "leased_until", "timeout_seconds", "unique_key"):  # fmt: skip
         value = getattr(job, name)
         fields.add_row(f"[bold]{name}[/]", escape("-" if value is None else str(value)))
     fields.add_row("[bold]payload[/]", escape(json.dumps(job.payload, ensure_ascii=False)))

@@ -100,6 +100,7 @@ class Outbox:
         queue: str | None = None,
         unique_key: str | None = None,
         if_exists: _enqueue.IfExists = "return",
+        timeout: float | None = None,
     ) -> int: ...
     @overload
     def enqueue(
@@ -115,12 +116,14 @@ class Outbox:
         queue: str | None = None,
         unique_key: str | None = None,
         if_exists: _enqueue.IfExists = "return",
+        timeout: float | None = None,
     ) -> Awaitable[int]: ...
     def enqueue(
         self, conn: AnyConnection, kind: str, payload: Any = None, *,
         run_at: datetime | None = None, delay: timedelta | float | None = None,
         max_attempts: int | None = None, priority: int = 0, queue: str | None = None,
         unique_key: str | None = None, if_exists: _enqueue.IfExists = "return",
+        timeout: float | None = None,
     ) -> int | Awaitable[int]:  # fmt: skip
         """Add a job in the connection's current transaction and return its id.
 
@@ -128,7 +131,8 @@ class Outbox:
         ``run_at`` (timezone-aware) or ``delay`` after now (the database's clock), else now.
         While an unfinished job of this kind has the same ``unique_key``, its id is returned
         instead (``if_exists="raise"`` raises DuplicateJobError). Higher ``priority`` runs
-        first. Bad input raises an InvalidJobError before anything is sent.
+        first. ``timeout`` (seconds) bounds each attempt, overriding the kind's. Bad input
+        raises an InvalidJobError before anything is sent.
         """
         row = _enqueue.prepare(
             kind,
@@ -143,6 +147,7 @@ class Outbox:
             queues=self.queues,
             metadata=_tracing.current_metadata(),
             models=self.payloads,
+            timeout=timeout,
         )
         if if_exists not in ("return", "raise"):
             raise ConfigurationError(f"if_exists must be 'return' or 'raise', got {if_exists!r}")

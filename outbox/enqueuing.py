@@ -33,6 +33,7 @@ __all__ = [
     "DEFAULT_MAX_ATTEMPTS",
     "DEFAULT_QUEUE",
     "MAX_DELAY_SECONDS",
+    "MAX_TIMEOUT_SECONDS",
     "IfExists",
     "JobRow",
     "enqueue_many_plan",
@@ -60,6 +61,10 @@ _INT4_MAX = 2**31 - 1
 _NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 
 
+MAX_TIMEOUT_SECONDS = 604_800
+"""Longest per-job timeout (a week): the table's CHECK says the same."""
+
+
 class JobRow(NamedTuple):
     """A validated job, ready to insert (a tuple: bulk enqueue makes many)."""
 
@@ -73,6 +78,8 @@ class JobRow(NamedTuple):
     unique_key: str | None
     metadata: str | None = None
     """JSON text: the trace context active at enqueue (see outbox.tracing)."""
+    timeout: float | None = None
+    """Seconds one attempt may take, overriding the kind's."""
 
 
 def _jsonable(value: Any) -> Any:
@@ -166,6 +173,7 @@ def prepare(
     queues: frozenset[str] | None,
     metadata: str | None = None,
     models: Mapping[str, type[BaseModel]] | None = None,
+    timeout: float | None = None,
 ) -> JobRow:
     """Validate one job's fields; raise an InvalidJobError for the first bad one.
 
@@ -191,6 +199,15 @@ def prepare(
         raise InvalidOptionError(
             f"unique_key must be a non-empty str of at most {UNIQUE_KEY_MAX_BYTES} bytes"
         )
+    if timeout is not None and not (
+        isinstance(timeout, numbers.Real)
+        and not isinstance(timeout, bool)
+        and 0 < timeout <= MAX_TIMEOUT_SECONDS
+    ):
+        raise InvalidOptionError(
+            f"timeout must be more than 0 and at most {MAX_TIMEOUT_SECONDS} seconds, "
+            f"got {timeout!r}"
+        )
     canonical = _kind(kind)
     if models:
         payload = _typed(canonical, payload, models)
@@ -204,6 +221,7 @@ def prepare(
         _delay_seconds(delay),
         unique_key,
         metadata,
+        None if timeout is None else float(timeout),
     )
 
 
@@ -220,6 +238,7 @@ def enqueue_plan(schema: str, job: JobRow, if_exists: IfExists) -> Plan[int]:
         job.delay,
         job.unique_key,
         job.metadata,
+        job.timeout,
     )
     while True:
         rows = yield Statement(insert, params)
@@ -285,6 +304,7 @@ def prepare_many(
                     queues=queues,
                     metadata=metadata,
                     models=models,
+                    timeout=job.timeout,
                 )
             )
         except InvalidJobError as exc:
@@ -313,6 +333,7 @@ def enqueue_many_plan(schema: str, rows: list[JobRow]) -> Plan[list[int]]:
         [r.delay for r in rows],
         [r.unique_key for r in rows],
         [r.metadata for r in rows],
+        [r.timeout for r in rows],
     )
     result = yield Statement(queries.query("insert_jobs", schema), columns)
     return sorted(int(row[0]) for row in result)
@@ -325,13 +346,13 @@ def _copy_jobs(schema: str, rows: list[JobRow]) -> Plan[list[int]]:
     data: list[tuple[Any, ...]]
     if all(r.run_at is None and not r.delay for r in rows):
         data = [
-            (i, r.kind, r.queue, r.payload, r.priority, r.max_attempts, r.metadata)
+            (i, r.kind, r.queue, r.payload, r.priority, r.max_attempts, r.metadata, r.timeout)
             for i, r in zip(ids, rows, strict=True)
         ]
         yield Copy(queries.query("copy_jobs_now", schema), data)
         return ids
     data = [
-        (i, r.kind, r.queue, r.payload, r.priority, r.max_attempts, r.metadata,
+        (i, r.kind, r.queue, r.payload, r.priority, r.max_attempts, r.metadata, r.timeout,
          r.run_at or (now + timedelta(seconds=r.delay) if r.delay else now))
         for i, r in zip(ids, rows, strict=True)
     ]  # fmt: skip

@@ -72,6 +72,12 @@ class Job(BaseModel, Generic[P]):
     result: Any = None
     metadata: dict[str, Any] | None = None
     """outbox's own facts about the job: ``trace`` is the trace context active at enqueue."""
+    timeout_seconds: float | None = None
+    """Seconds one attempt may take, overriding its kind's timeout; None: the kind's."""
+    attempted_at: datetime | None = None
+    """When the current (or last) attempt started."""
+    updated_at: datetime | None = None
+    """When outbox last changed the job: enqueue, lease, outcome or an operator's action."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +96,7 @@ class NewJob:
     priority: int = 0
     queue: str | None = None
     unique_key: str | None = None
+    timeout: float | None = None
 
 
 class KindStats(BaseModel):

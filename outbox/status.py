@@ -44,6 +44,9 @@ JOB_COLUMNS = (
     "unique_key",
     "result",
     "metadata",
+    "timeout_seconds",
+    "attempted_at",
+    "updated_at",
 )
 """The columns of ``sql/queries`` job rows, in order."""
 

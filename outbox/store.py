@@ -75,6 +75,7 @@ class Leased(NamedTuple):
     created_at: datetime
     unique_key: str | None
     metadata: dict[str, Any] | None = None
+    timeout_seconds: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

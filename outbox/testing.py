@@ -175,6 +175,7 @@ class InMemoryStore:
                 "finished_at": None, "leased_until": None, "leased_by": None,
                 "last_error": None, "errors": [], "unique_key": row.unique_key, "result": None,
                 "metadata": None if row.metadata is None else orjson.loads(row.metadata),
+                "timeout_seconds": row.timeout, "attempted_at": None, "updated_at": now,
             }  # fmt: skip
         self._notify()
         return job_id
@@ -233,6 +234,8 @@ class InMemoryStore:
                     attempts=job["attempts"] + 1,
                     leased_until=now + timedelta(seconds=lease_seconds),
                     leased_by=runner,
+                    attempted_at=now,
+                    updated_at=now,
                 )
                 leased.append(
                     Leased(
@@ -247,6 +250,7 @@ class InMemoryStore:
                         job["created_at"],
                         job["unique_key"],
                         job.get("metadata"),
+                        job.get("timeout_seconds"),
                     )
                 )
             return leased
@@ -275,7 +279,7 @@ class InMemoryStore:
                 if job is None:
                     continue
                 state = JobState(outcome.state)
-                job.update(state=state, leased_until=None)
+                job.update(state=state, leased_until=None, updated_at=now)
                 if state == JobState.PENDING:
                     job["run_at"] = now + timedelta(seconds=outcome.delay)
                 else:
@@ -314,6 +318,7 @@ class InMemoryStore:
                         attempts=job["attempts"] - 1,
                         leased_until=None,
                         run_at=now,
+                        updated_at=now,
                     )
                     released.add(job_id)
         if released:
@@ -355,6 +360,7 @@ class InMemoryStore:
                     finished_at=now if last else None,
                     run_at=now,
                     leased_until=None,
+                    updated_at=now,
                 )
                 message = f"LeaseExpired: runner {job['leased_by']} stopped renewing its lease"
                 self._add_error(job, message, now)

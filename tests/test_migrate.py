@@ -316,3 +316,71 @@ def test_runnable_jobs_query_uses_the_pending_index(ob, conn, schema, dsn):
         shown = json.dumps(plan, indent=1)
         assert "jobs_pending_idx" in _index_names(pick), shown
         assert "Sort" not in _node_types(pick), shown  # the index gives the lease order
+
+
+# -- migrating a live table ----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("version", ALL_VERSIONS[1:])
+def test_each_migration_applies_to_a_populated_table_while_a_runner_drains_it(
+    dsn, conn, new_schema, monkeypatch, version
+):
+    """No migration holds a lock that stalls a draining runner: the previous version's lease
+    and completion statements keep running, each within a second, while it applies."""
+    import time
+
+    before = queries.migrations()[: version - 1]
+    with monkeypatch.context() as patch:
+        patch.setattr(queries, "migrations", lambda: before)
+        Outbox(schema=new_schema).migrate(conn)
+    table = f'"{new_schema}".jobs'
+    conn.execute(
+        f"INSERT INTO {table} (kind, payload) SELECT 'k', '{{}}' FROM generate_series(1, 50000)"
+    )
+    conn.execute(f"ANALYZE {table}")
+    lease = f"SELECT id FROM \"{new_schema}\".lease_jobs(ARRAY['k'], NULL, 100, 30, 'old')"
+    slowest = [0.0]
+    drained = [0]
+    stop = threading.Event()
+    failure: list[BaseException] = []
+
+    def drain() -> None:  # what a runner of the previous version does, statement for statement
+        try:
+            with psycopg.connect(dsn, autocommit=True) as c:
+                while not stop.is_set():
+                    started = time.monotonic()
+                    ids = [row[0] for row in c.execute(lease)]
+                    c.execute(
+                        f"UPDATE {table} SET state = 'succeeded', finished_at = now(),"
+                        " leased_until = NULL WHERE id = ANY(%s) AND state = 'running'",
+                        (ids,),
+                    )
+                    slowest[0] = max(slowest[0], time.monotonic() - started)
+                    drained[0] += len(ids)
+                    if not ids:
+                        return
+        except BaseException as exc:
+            failure.append(exc)
+
+    runner = threading.Thread(target=drain)
+    runner.start()
+    try:
+        while drained[0] < 5000:
+            time.sleep(0.01)
+        upto = queries.migrations()[:version]
+        started = time.monotonic()
+        with monkeypatch.context() as patch:
+            patch.setattr(queries, "migrations", lambda: upto)
+            assert Outbox(schema=new_schema).migrate(conn) == [version]
+        took = time.monotonic() - started
+        during = drained[0]
+        time.sleep(0.3)
+        assert drained[0] > during, "the runner stopped draining after the migration"
+    finally:
+        stop.set()
+        runner.join(60)
+    assert not failure, failure
+    print(f"migration {version}: {took:.3f} s on 50,000 rows; slowest step {slowest[0]:.3f} s")
+    assert took < 5
+    assert slowest[0] < 1.0

@@ -695,6 +695,7 @@ def test_trusted_job_is_the_same_job_model_construct_builds():
         "priority": 0, "attempts": 1, "max_attempts": 3, "run_at": now, "created_at": now,
         "finished_at": None, "leased_until": None, "leased_by": "r", "last_error": None,
         "errors": [], "unique_key": None, "result": None, "metadata": None,
+        "timeout_seconds": None, "attempted_at": now, "updated_at": None,
     }  # fmt: skip
     fast, slow = trusted_job(dict(values)), Job.model_construct(**values)
     assert fast == slow
@@ -702,3 +703,31 @@ def test_trusted_job_is_the_same_job_model_construct_builds():
     assert fast.model_copy(update={"payload": 2}).payload == 2
     with pytest.raises(ValueError, match="frozen"):
         fast.kind = "x"
+
+
+async def test_a_jobs_own_timeout_overrides_its_kinds_and_says_so(dsn, ob, conn):
+    mux = HandlerMux()
+
+    @mux.register("sleepy", timeout=60)
+    async def sleepy(job: Job) -> None:
+        await asyncio.sleep(job.payload["sleep"])
+
+    quick = ob.enqueue(conn, "sleepy", {"sleep": 5}, timeout=0.2, max_attempts=1)
+    fine = ob.enqueue(conn, "sleepy", {"sleep": 0.3}, max_attempts=1)  # the kind's 60 s
+    summary = await Runner(mux, dsn=dsn, outbox=ob).run_once()
+    assert (summary.failed, summary.succeeded) == (1, 1)
+    timed_out = ob.get_job(conn, quick)
+    assert timed_out.last_error.startswith("Timeout: the attempt ran over its 0.2 s timeout")
+    done = ob.get_job(conn, fine)
+    assert done.attempted_at is not None and done.created_at <= done.attempted_at
+    assert done.updated_at is not None and done.updated_at >= done.attempted_at
+
+
+def test_timeouts_out_of_range_are_refused_before_writing(ob, conn):
+    from outbox import InvalidOptionError, NewJob
+
+    for bad in (0, -1, float("nan"), float("inf"), 604_801, True, "5"):
+        with pytest.raises(InvalidOptionError, match="timeout must be"):
+            ob.enqueue(conn, "k", timeout=bad)
+    [job_id] = ob.enqueue_many(conn, [NewJob("k", timeout=3)])
+    assert ob.get_job(conn, job_id).timeout_seconds == 3.0

@@ -170,3 +170,11 @@ def test_sql_enqueue_from_a_trigger_commits_with_the_business_row(ob, conn, sche
     [job] = ob.list_jobs(conn)
     assert (job.kind, job.payload, job.unique_key) == ("order.confirm", {"order": 2}, "order-2")
     assert job.run_at <= datetime.now(timezone.utc) + timedelta(seconds=5)
+
+
+def test_sql_enqueue_takes_a_timeout_and_refuses_one_out_of_range(ob, conn, schema):
+    job_id = conn.execute(f"SELECT \"{schema}\".enqueue('k', timeout => 1.5)").fetchone()[0]
+    assert ob.get_job(conn, job_id).timeout_seconds == 1.5
+    for bad in ("0", "-1", "'NaN'", "604801"):
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="timeout must be"):
+            conn.execute(f"SELECT \"{schema}\".enqueue('k', timeout => {bad})")

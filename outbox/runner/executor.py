@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
 from typing import Any
 
 from pydantic import ValidationError
@@ -70,6 +71,12 @@ else:  # pragma: no cover - Python 3.10
                 handle.cancel()
 
 
+def _timeout_of(route: Route, job: Job) -> float | None:
+    """The job's own timeout, else its kind's, else None."""
+    own: float | None = job.timeout_seconds
+    return route.timeout if own is None else own
+
+
 class Executor:
     """Runs leased jobs through the mux and hands their outcomes to the completer."""
 
@@ -95,14 +102,15 @@ class Executor:
     def start(self, lane: Lane, row: Leased) -> None:
         """Hold a leased job and start its handler."""
         job_id, kind, queue, payload, priority, attempts, max_attempts, run_at, created = row[:9]
-        key, meta = row[9], row[10]
+        key, meta, timeout = row[9], row[10], row[11]
         job = trusted_job({
             "id": job_id, "kind": kind, "queue": queue, "payload": payload,
             "state": JobState.RUNNING, "priority": priority, "attempts": attempts,
             "max_attempts": max_attempts, "run_at": run_at, "created_at": created,
             "finished_at": None, "leased_until": None, "leased_by": self._runner_id,
             "last_error": None, "errors": [], "unique_key": key, "result": None,
-            "metadata": meta,
+            "metadata": meta, "timeout_seconds": timeout,
+            "attempted_at": datetime.now(timezone.utc), "updated_at": None,
         })  # fmt: skip
         held = Held(job, lane, self._mux.route(kind))
         lane.busy += 1
@@ -167,9 +175,10 @@ class Executor:
             return await self._within_timeout(route, job)
 
     async def _within_timeout(self, route: Route, job: Job) -> Any:
-        if route.timeout is None:
+        seconds = _timeout_of(route, job)
+        if seconds is None:
             return await self._invoke(route, job)
-        async with _timeout(route.timeout):
+        async with _timeout(seconds):
             return await self._invoke(route, job)
 
     async def _invoke(self, route: Route, job: Job) -> Any:
@@ -192,9 +201,13 @@ class Executor:
         return Written(job.id, job.attempts, JobState.SUCCEEDED.value, result=text)
 
     def _failure(self, job: Job, route: Route, exc: BaseException, duration: float) -> Written:
-        timed_out = route.timeout is not None and duration >= route.timeout
+        seconds = _timeout_of(route, job)
+        timed_out = seconds is not None and duration >= seconds
         if timed_out and isinstance(exc, asyncio.TimeoutError | TimeoutError):
-            message = safe_failure_message(f"Timeout: the attempt ran over {route.timeout} s")
+            message = safe_failure_message(
+                f"Timeout: the attempt ran over its {seconds:g} s timeout "
+                f"(stopped after {duration:.3f} s)"
+            )
         else:
             message = safe_failure_message(exc)
         if isinstance(exc, PermanentError):

@@ -4,7 +4,7 @@
 -- A pending job is cancelled; so is a running one: its outcome is then never recorded and it
 -- is never retried (its runner stops the handler at the next heartbeat where it can).
 UPDATE {schema}.jobs
-SET state = 'cancelled', finished_at = now(), leased_until = NULL
+SET state = 'cancelled', finished_at = now(), leased_until = NULL, updated_at = now()
 WHERE id = %s AND state IN ('pending', 'running')
 RETURNING id
 
@@ -12,7 +12,7 @@ RETURNING id
 -- An operator gives up on a pending or running job: it ends 'discarded' with the reason, and a
 -- running one's outcome is never recorded (as for cancel).
 UPDATE {schema}.jobs
-SET state = 'discarded', finished_at = now(), leased_until = NULL,
+SET state = 'discarded', finished_at = now(), leased_until = NULL, updated_at = now(),
     last_error = %(error)s::text,
     errors = jsonb_path_query_array(
         errors || jsonb_build_array(jsonb_build_object('attempt', attempts, 'at', now(), 'error', %(error)s::text)),
@@ -37,7 +37,7 @@ WITH picked AS (
     FOR UPDATE SKIP LOCKED
 ), retried AS (
     UPDATE {schema}.jobs j
-    SET state = 'pending', run_at = now(), finished_at = NULL, leased_until = NULL,
+    SET state = 'pending', run_at = now(), finished_at = NULL, leased_until = NULL, updated_at = now(),
         max_attempts = greatest(j.max_attempts, j.attempts + 1)
     FROM picked
     WHERE j.id = picked.id

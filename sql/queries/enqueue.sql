@@ -1,9 +1,10 @@
 -- Enqueue on the caller's connection. "now" is always the database's clock.
 
 -- name: insert_job
-INSERT INTO {schema}.jobs (kind, queue, payload, priority, max_attempts, run_at, unique_key, metadata)
+INSERT INTO {schema}.jobs (kind, queue, payload, priority, max_attempts, run_at, unique_key, metadata,
+                          timeout_seconds)
 VALUES (%s, %s, %s::jsonb, %s, %s, coalesce(%s::timestamptz, now() + make_interval(secs => %s::float8)), %s,
-        %s::jsonb)
+        %s::jsonb, %s::float8)
 ON CONFLICT (kind, unique_key) WHERE unique_key IS NOT NULL AND state IN ('pending', 'running')
 DO NOTHING
 RETURNING id
@@ -13,10 +14,11 @@ SELECT id FROM {schema}.jobs
 WHERE kind = %s AND unique_key = %s AND state IN ('pending', 'running')
 
 -- name: insert_jobs
-INSERT INTO {schema}.jobs (kind, queue, payload, priority, max_attempts, run_at, unique_key, metadata)
-SELECT k, q, p::jsonb, pr, ma, coalesce(ra, now() + make_interval(secs => d)), uk, m::jsonb
+INSERT INTO {schema}.jobs (kind, queue, payload, priority, max_attempts, run_at, unique_key, metadata,
+                          timeout_seconds)
+SELECT k, q, p::jsonb, pr, ma, coalesce(ra, now() + make_interval(secs => d)), uk, m::jsonb, ts
 FROM unnest(%s::text[], %s::text[], %s::text[], %s::int2[], %s::int4[], %s::timestamptz[],
-            %s::float8[], %s::text[], %s::text[]) AS t (k, q, p, pr, ma, ra, d, uk, m)
+            %s::float8[], %s::text[], %s::text[], %s::float8[]) AS t (k, q, p, pr, ma, ra, d, uk, m, ts)
 ON CONFLICT (kind, unique_key) WHERE unique_key IS NOT NULL AND state IN ('pending', 'running')
 DO NOTHING
 RETURNING id
@@ -33,8 +35,10 @@ SELECT now(), min(id), max(id),
 FROM ids
 
 -- name: copy_jobs
-COPY {schema}.jobs (id, kind, queue, payload, priority, max_attempts, metadata, run_at) FROM STDIN
+COPY {schema}.jobs (id, kind, queue, payload, priority, max_attempts, metadata, timeout_seconds, run_at)
+FROM STDIN
 
 -- name: copy_jobs_now
 -- Jobs that run now: run_at takes its default, the transaction's now().
-COPY {schema}.jobs (id, kind, queue, payload, priority, max_attempts, metadata) FROM STDIN
+COPY {schema}.jobs (id, kind, queue, payload, priority, max_attempts, metadata, timeout_seconds)
+FROM STDIN

@@ -17,6 +17,7 @@ SET state = o.state::{schema}.job_state,
     run_at = CASE WHEN o.state = 'pending' THEN now() + make_interval(secs => o.delay) ELSE j.run_at END,
     finished_at = CASE WHEN o.state = 'pending' THEN NULL ELSE now() END,
     leased_until = NULL,
+    updated_at = now(),
     result = CASE WHEN o.state = 'succeeded' THEN o.result::jsonb ELSE j.result END,
     last_error = coalesce(o.error, j.last_error),
     errors = CASE WHEN o.error IS NULL THEN j.errors ELSE jsonb_path_query_array(
@@ -33,7 +34,7 @@ RETURNING j.id
 -- name: complete_jobs
 -- The common case of record_outcomes, leaner: plain successes without a result.
 UPDATE {schema}.jobs j
-SET state = 'succeeded', finished_at = now(), leased_until = NULL
+SET state = 'succeeded', finished_at = now(), leased_until = NULL, updated_at = now()
 FROM unnest(%(ids)s::bigint[], %(attempts)s::int4[]) AS o (id, attempts)
 WHERE j.id = o.id
   AND j.attempts = o.attempts
@@ -55,7 +56,8 @@ RETURNING j.id, j.attempts
 -- Hand unfinished jobs back at shutdown without spending their attempt. Leases are (id,
 -- attempts): two runners given one runner id never release each other's attempts.
 UPDATE {schema}.jobs j
-SET state = 'pending', attempts = j.attempts - 1, leased_until = NULL, run_at = now()
+SET state = 'pending', attempts = j.attempts - 1, leased_until = NULL, run_at = now(),
+    updated_at = now()
 FROM unnest(%(ids)s::bigint[], %(attempts)s::int4[]) AS r (id, attempts)
 WHERE j.id = r.id AND j.attempts = r.attempts AND j.leased_by = %(runner)s
   AND j.state = 'running'
@@ -78,6 +80,7 @@ SET state = CASE WHEN j.attempts >= j.max_attempts THEN 'failed' ELSE 'pending' 
     finished_at = CASE WHEN j.attempts >= j.max_attempts THEN now() END,
     run_at = now(),
     leased_until = NULL,
+    updated_at = now(),
     last_error = 'LeaseExpired: runner ' || coalesce(j.leased_by, '?') || ' stopped renewing its lease',
     errors = jsonb_path_query_array(
         j.errors || jsonb_build_array(jsonb_build_object('attempt', j.attempts, 'at', now(),

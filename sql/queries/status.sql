@@ -2,14 +2,16 @@
 
 -- name: get_job
 SELECT id, kind, queue, payload, state, priority, attempts, max_attempts, run_at, created_at,
-       finished_at, leased_until, leased_by, last_error, errors, unique_key, result, metadata
+       finished_at, leased_until, leased_by, last_error, errors, unique_key, result, metadata,
+       timeout_seconds, attempted_at, updated_at
 FROM {schema}.jobs
 WHERE id = %s
 
 -- name: list_jobs
 -- Newest first; the next page starts below the last id seen.
 SELECT id, kind, queue, payload, state, priority, attempts, max_attempts, run_at, created_at,
-       finished_at, leased_until, leased_by, last_error, errors, unique_key, result, metadata
+       finished_at, leased_until, leased_by, last_error, errors, unique_key, result, metadata,
+       timeout_seconds, attempted_at, updated_at
 FROM {schema}.jobs
 WHERE (%(state)s::text IS NULL OR state = %(state)s::{schema}.job_state)
   AND (%(kind)s::text IS NULL OR kind = %(kind)s)
