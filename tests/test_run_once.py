@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+import outbox
 from outbox import Backoff, HandlerMux, Job, NewJob, RetryableError, Runner
 from outbox.testing import InMemoryStore
 from tests.helpers import states
@@ -122,3 +123,29 @@ def test_listening_for_an_unknown_event_is_refused():
 
     with pytest.raises(ConfigurationError, match="started, succeeded"):
         HandlerMux().on("k", "finished", lambda job, error: None)
+
+
+async def test_listeners_and_an_app_logger_on_a_real_database(dsn, ob, conn, caplog):
+    import logging
+
+    heard: list[tuple[str, int]] = []
+    mux = HandlerMux()
+
+    @mux.register("work")
+    async def work(job: Job) -> None:
+        if job.payload.get("fail"):
+            raise outbox.PermanentError("not this one")
+
+    for event in ("started", "succeeded", "discarded"):
+        mux.on("work", event, lambda job, error, e=event: heard.append((e, job.id)))
+    ok = ob.enqueue(conn, "work", {})
+    bad = ob.enqueue(conn, "work", {"fail": True})
+    logger = logging.getLogger("myapp.outbox")
+    with caplog.at_level(logging.DEBUG, logger="myapp.outbox"):
+        summary = await Runner(mux, dsn=dsn, outbox=ob, logger=logger).run_once()
+    assert (summary.succeeded, summary.discarded) == (1, 1)
+    assert sorted(heard) == sorted(
+        [("started", ok), ("started", bad), ("succeeded", ok), ("discarded", bad)]
+    )
+    events = {r.getMessage() for r in caplog.records if r.name == "myapp.outbox"}
+    assert {"runner.started", "job.discarded", "runner.stopped"} <= events

@@ -183,6 +183,12 @@ class Run:
         if until_empty:
             until = clock.monotonic() + (max_seconds if max_seconds is not None else 3600.0)
         runner, store, log = self.runner, self.runner.store, self.log
+        log.info(
+            "runner.started",
+            mode="until_empty" if until_empty else "once",
+            kinds=[safe_label(k) for k in runner.mux.kinds()],
+            max_seconds=max_seconds,
+        )
         self.supervisor.start(
             Completer(shared, store=store, runner_id=runner.runner_id, clock=clock, log=log)
         )
