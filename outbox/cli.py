@@ -228,10 +228,66 @@ def status(
     ob = _outbox(schema)
     with _connect(dsn) as conn, _errors():
         stats = ob.stats(conn)
+        unhandled = ob.unhandled_kinds(conn)
     if as_json:
-        typer.echo(json.dumps(_stats_json(stats), indent=2))
-    else:
-        _print_stats(stats)
+        body = _stats_json(stats)
+        body["unhandled_kinds"] = [
+            {"kind": u.kind, "jobs": u.jobs, "oldest_seconds": round(u.oldest_seconds, 3)}
+            for u in unhandled
+        ]
+        typer.echo(json.dumps(body, indent=2))
+        return
+    _print_stats(stats)
+    for u in unhandled:
+        typer.echo(
+            f"warning: {u.jobs} runnable jobs of kind {_clean(u.kind)!r} wait and no live "
+            f"runner handles that kind (oldest {u.oldest_seconds:.0f} s): a typo in the kind, "
+            "or a deploy that forgot its handler?",
+            err=True,
+        )
+
+
+@app.command()
+def runners(
+    dsn: DsnOption = None, schema: SchemaOption = DEFAULT_SCHEMA, as_json: JsonOption = False
+) -> None:
+    """List the live runners: what they serve, since when, how busy."""
+    ob = _outbox(schema)
+    with _connect(dsn) as conn, _errors():
+        live = ob.runners(conn)
+    if as_json:
+        rows = [
+            {
+                "id": r.id, "host": r.host, "pid": r.pid, "version": r.version,
+                "kinds": r.kinds, "queues": r.queues, "concurrency": r.concurrency,
+                "running": r.running, "started_at": r.started_at.isoformat(),
+                "last_seen_seconds_ago": round(r.seen_seconds_ago, 3),
+            }
+            for r in live
+        ]  # fmt: skip
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"outbox runners ({len(live)} live)")
+    for column in ("id", "host", "pid", "version", "kinds", "queues", "running", "since", "seen"):
+        table.add_column(column)
+    for r in live:
+        table.add_row(
+            _clean(r.id), _clean(r.host), str(r.pid), _clean(r.version),
+            _clean(", ".join(r.kinds)), "all" if r.queues is None else _clean(", ".join(r.queues)),
+            f"{r.running}/{r.concurrency}", r.started_at.strftime("%Y-%m-%d %H:%M:%S"),
+            f"{r.seen_seconds_ago:.0f}s ago",
+        )  # fmt: skip
+    Console(width=200).print(table)
+
+
+def _clean(text: str) -> str:
+    """Text from the database, safe to print: no control characters, no rich markup."""
+    from rich.markup import escape
+
+    return escape("".join(ch if ch.isprintable() else " " for ch in text))
 
 
 @app.command()

@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from outbox import admin as _admin
 from outbox import enqueuing as _enqueue
 from outbox import migrations as _migrate
+from outbox import runners as _runners
 from outbox import status as _status
 from outbox import store as _store
 from outbox import tracing as _tracing
@@ -26,6 +27,7 @@ from outbox.db import AnyConnection, Plan, execute
 from outbox.errors import ConfigurationError, InvalidOptionError, UnknownQueueError
 from outbox.models import Job, JobState, NewJob, Stats
 from outbox.queries import check_schema_name
+from outbox.runners import RunnerInfo, UnhandledKind
 from outbox.safety import MAX_PAYLOAD_BYTES, sanitize_kind, sanitize_queue
 
 __all__ = ["DEFAULT_SCHEMA", "Outbox"]
@@ -379,6 +381,32 @@ class Outbox:
         """How many pending or running jobs of ``kind`` and/or ``queue`` there are."""
         kind, queue = _filters(kind, queue)
         return self._run(conn, _admin.unfinished_plan(self.schema, kind, queue))
+
+    @overload
+    def runners(self, conn: SyncConn) -> list[RunnerInfo]: ...
+    @overload
+    def runners(self, conn: AsyncConn) -> Awaitable[list[RunnerInfo]]: ...
+    def runners(self, conn: AnyConnection) -> list[RunnerInfo] | Awaitable[list[RunnerInfo]]:
+        """The live runners, oldest first.
+
+        Each says its id, host, pid, version, kinds, queues, concurrency, since when, when last
+        seen and the jobs it holds. A killed runner's row is gone within a minute.
+        """
+        return self._run(conn, _runners.list_runners_plan(self.schema))
+
+    @overload
+    def unhandled_kinds(self, conn: SyncConn) -> list[UnhandledKind]: ...
+    @overload
+    def unhandled_kinds(self, conn: AsyncConn) -> Awaitable[list[UnhandledKind]]: ...
+    def unhandled_kinds(
+        self, conn: AnyConnection
+    ) -> list[UnhandledKind] | Awaitable[list[UnhandledKind]]:
+        """Kinds with runnable pending jobs that no live runner serves, most jobs first.
+
+        A typo in a kind, or a deploy that forgot a handler: such jobs wait for ever. One pass
+        over the pending jobs.
+        """
+        return self._run(conn, _runners.unhandled_kinds_plan(self.schema))
 
     @overload
     def prune(self, conn: SyncConn, older_than: timedelta) -> int: ...

@@ -25,6 +25,12 @@ from outbox.db import Plan, Rows, Statement, arun, check_dsn, run, translate_err
 from outbox.errors import ConfigurationError, DatabaseError, DatabaseUnavailableError
 from outbox.migrations import check_schema
 from outbox.periodic import Fired, Schedule, fire_due_plan, register_plan
+from outbox.runners import (
+    expire_runners_plan,
+    register_runner_plan,
+    remove_runner_plan,
+    unhandled_kinds_plan,
+)
 from outbox.safety import safe_failure_message
 
 __all__ = [
@@ -33,6 +39,7 @@ __all__ = [
     "Leased",
     "Outcome",
     "PgStore",
+    "RunnerRow",
     "Store",
     "heartbeat_plan",
     "prune_plan",
@@ -76,6 +83,19 @@ class Leased(NamedTuple):
     unique_key: str | None
     metadata: dict[str, Any] | None = None
     timeout_seconds: float | None = None
+
+
+class RunnerRow(NamedTuple):
+    """What a runner says about itself in ``<schema>.runners``."""
+
+    id: str
+    host: str
+    pid: int
+    version: str
+    kinds: list[str]
+    queues: list[str] | None
+    concurrency: int
+    running: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +172,18 @@ class Store(Protocol):
 
     def notifications(self) -> AsyncIterator[None]:
         """Yield whenever new jobs may be runnable (it may never yield: runners also poll)."""
+
+    async def register_runner(self, row: RunnerRow) -> None:
+        """Create or refresh this runner's row (its last_seen is now)."""
+
+    async def remove_runner(self, runner_id: str) -> None:
+        """Delete this runner's row (a clean stop)."""
+
+    async def expire_runners(self, stale: float) -> int:
+        """Delete rows not refreshed for ``stale`` seconds; return how many."""
+
+    async def unhandled_kinds(self, stale: float) -> list[tuple[str, int]]:
+        """(kind, jobs) of runnable pending jobs no runner seen within ``stale`` s serves."""
 
     async def register_periodic(self, schedules: Sequence[Schedule]) -> None:
         """Record schedules not seen before (or changed), starting at their next tick."""
@@ -486,6 +518,34 @@ class PgStore:
         """Delete old finished jobs, batch by batch."""
         async with self._connection() as conn:
             return await arun(conn, prune_plan(self.schema, older_than))
+
+    async def register_runner(self, row: RunnerRow) -> None:
+        """Upsert the runner's row."""
+        async with self._connection() as conn:
+            await arun(
+                conn,
+                register_runner_plan(
+                    self.schema, runner_id=row.id, host=row.host, pid=row.pid,
+                    version=row.version, kinds=row.kinds, queues=row.queues,
+                    concurrency=row.concurrency, running=row.running,
+                ),
+            )  # fmt: skip
+
+    async def remove_runner(self, runner_id: str) -> None:
+        """Delete the runner's row."""
+        async with self._connection() as conn:
+            await arun(conn, remove_runner_plan(self.schema, runner_id))
+
+    async def expire_runners(self, stale: float) -> int:
+        """Delete stale runner rows."""
+        async with self._connection() as conn:
+            return await arun(conn, expire_runners_plan(self.schema, stale))
+
+    async def unhandled_kinds(self, stale: float) -> list[tuple[str, int]]:
+        """One pass over the runnable pending jobs."""
+        async with self._connection() as conn:
+            found = await arun(conn, unhandled_kinds_plan(self.schema, stale))
+        return [(u.kind, u.jobs) for u in found]
 
     async def notifications(self) -> AsyncIterator[None]:
         """LISTEN for new jobs on a connection of its own; a dropped one raises DatabaseError.

@@ -34,7 +34,7 @@ from outbox.mux import HandlerMux
 from outbox.periodic import Fired, Schedule
 from outbox.runner import Runner
 from outbox.safety import ERROR_HISTORY_LIMIT
-from outbox.store import Leased, LeaseKey, Outcome, Store
+from outbox.store import Leased, LeaseKey, Outcome, RunnerRow, Store
 
 __all__ = ["FakeClock", "InMemoryStore", "StoreContract", "drain"]
 
@@ -136,6 +136,7 @@ class InMemoryStore:
         self._lock = threading.Lock()
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
         self._periodic: dict[str, tuple[str, datetime]] = {}
+        self._runners: dict[str, tuple[RunnerRow, datetime]] = {}
 
     # -- the test's side ------------------------------------------------------------------
 
@@ -406,6 +407,48 @@ class InMemoryStore:
         with self._lock:
             nexts = [self._periodic[s.name][1] for s in schedules]
         return fired, max(min(nexts, default=now), now)
+
+    async def register_runner(self, row: RunnerRow) -> None:
+        """Create or refresh a runner's row."""
+        with self._lock:
+            self._runners[row.id] = (row, self._clock())
+
+    async def remove_runner(self, runner_id: str) -> None:
+        """Delete a runner's row."""
+        with self._lock:
+            self._runners.pop(runner_id, None)
+
+    async def expire_runners(self, stale: float) -> int:
+        """Delete rows not refreshed for ``stale`` seconds."""
+        cutoff = self._clock() - timedelta(seconds=stale)
+        with self._lock:
+            gone = [rid for rid, (_, seen) in self._runners.items() if seen < cutoff]
+            for rid in gone:
+                del self._runners[rid]
+        return len(gone)
+
+    def runners(self) -> list[RunnerRow]:
+        """The runners' rows (the test's side)."""
+        with self._lock:
+            return [row for row, _ in self._runners.values()]
+
+    async def unhandled_kinds(self, stale: float) -> list[tuple[str, int]]:
+        """(kind, jobs) of runnable pending jobs no live runner serves."""
+        now = self._clock()
+        cutoff = now - timedelta(seconds=stale)
+        with self._lock:
+            live = [row for row, seen in self._runners.values() if seen >= cutoff]
+            counts: dict[str, int] = {}
+            for job in self._jobs.values():
+                if job["state"] != JobState.PENDING or job["run_at"] > now:
+                    continue
+                served = any(
+                    job["kind"] in row.kinds and (row.queues is None or job["queue"] in row.queues)
+                    for row in live
+                )
+                if not served:
+                    counts[job["kind"]] = counts.get(job["kind"], 0) + 1
+        return sorted(counts.items(), key=lambda kc: (-kc[1], kc[0]))
 
     async def notifications(self) -> AsyncIterator[None]:
         """Yield after each enqueue."""
@@ -687,6 +730,33 @@ class StoreContract:
             now = await store.seconds_until_due(["k"], None)
             assert now is not None and now <= 0
             assert await store.seconds_until_due(["k"], ["nothere"]) is None
+
+        self.check(body)
+
+    def test_runners_register_refresh_expire_and_leave(self) -> None:
+        async def body(store: Store) -> None:
+            row = RunnerRow("r1", "host", 1, "1.0", ["k"], None, 10)
+            await store.register_runner(row)
+            await store.register_runner(row._replace(running=3))  # a refresh, not a second row
+            await store.register_runner(RunnerRow("r2", "host", 2, "1.0", ["k"], ["q"], 5))
+            assert await store.expire_runners(60) == 0
+            await store.remove_runner("r2")
+            await self.advance(store, 0.3)
+            assert await store.expire_runners(0.2) == 1  # r1 stopped refreshing its row
+            assert await store.expire_runners(0.2) == 0
+
+        self.check(body)
+
+    def test_unhandled_kinds_are_runnable_kinds_no_live_runner_serves(self) -> None:
+        async def body(store: Store) -> None:
+            for kind, queue in [("served", "default"), ("typo", "default"), ("typo", "default"),
+                                ("served", "other"), ("later", "default")]:  # fmt: skip
+                await self.add(store, kind, queue=queue, delay=3600 if kind == "later" else None)
+            assert await store.unhandled_kinds(60) == [("served", 2), ("typo", 2)]
+            await store.register_runner(RunnerRow("r", "h", 1, "1", ["served"], ["default"], 1))
+            assert await store.unhandled_kinds(60) == [("typo", 2), ("served", 1)]
+            await store.register_runner(RunnerRow("s", "h", 2, "1", ["served"], None, 1))
+            assert await store.unhandled_kinds(60) == [("typo", 2)]
 
         self.check(body)
 

@@ -65,6 +65,11 @@ class TestPgStore(StoreContract):
                 " finished_at = finished_at - %(s)s",
                 {"s": timedelta(seconds=seconds)},
             )
+            await conn.execute(
+                f'UPDATE "{store.schema}".runners SET last_seen = last_seen - %(s)s,'
+                " started_at = started_at - %(s)s",
+                {"s": timedelta(seconds=seconds)},
+            )
 
     async def get(self, store, job_id) -> Job | None:
         async with await psycopg.AsyncConnection.connect(self.dsn, autocommit=True) as conn:

@@ -155,3 +155,24 @@ async def test_a_runner_logs_through_the_stdlib_logger_it_is_given(caplog):
     assert started and started[0].name == "myapp.jobs"
     assert started[0].runner == "r1" and started[0].kinds == ["x"]
     assert any(r.getMessage() == "runner.stopped" for r in caplog.records)
+
+
+async def test_a_runner_registers_itself_and_logs_each_unhandled_kind_once():
+    clock = FakeClock()
+    store = InMemoryStore(clock=clock)
+    store.enqueue("emails.sned")  # nobody handles this kind
+    mux = HandlerMux()
+    mux.register("emails.send", lambda job: None)
+    with capture_logs() as logs:
+        runner = Runner(mux, store=store, clock=clock, runner_id="r1")
+        async with runner.running():
+            await eventually(lambda: store.runners())
+            [row] = store.runners()
+            assert (row.id, row.kinds, row.queues) == ("r1", ["emails.send"], None)
+            await eventually(lambda: any(e["event"] == "runner.unhandled_kind" for e in logs))
+            for _ in range(15):  # two more minutes, two more looks: no repeats
+                clock.advance(10)
+                await asyncio.sleep(0.005)
+    unhandled = [e for e in logs if e["event"] == "runner.unhandled_kind"]
+    assert [(e["kind"], e["jobs"]) for e in unhandled] == [("emails.sned", 1)]
+    assert store.runners() == []  # a clean stop removes its row

@@ -29,10 +29,12 @@ from outbox.runner.health import LOOP_ANSWER_SECONDS, READY_CHECK_SECONDS, Healt
 from outbox.runner.heartbeat import Heartbeat
 from outbox.runner.listener import Listener
 from outbox.runner.maintenance import Pruner, Rescuer
+from outbox.runner.registrar import Registrar, package_version, this_host
 from outbox.runner.scheduler import PeriodicEnqueuer
 from outbox.runner.state import Shared
 from outbox.runner.supervisor import Service, Supervisor, cancel_and_wait
 from outbox.safety import safe_failure_message, safe_label
+from outbox.store import RunnerRow
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -141,6 +143,7 @@ class Run:
             Rescuer(shared, store=store, lease_seconds=runner.lease_seconds, clock=clock, log=log),
             Listener(shared, store=store, clock=clock, log=log),
         ]
+        services.append(Registrar(shared, store=store, row=self.runner_row(), clock=clock, log=log))
         if runner.retention is not None:
             services.append(Pruner(store=store, retention=runner.retention, clock=clock, log=log))
         if runner.mux.schedules():
@@ -150,6 +153,18 @@ class Run:
                 )
             )
         return services
+
+    def runner_row(self) -> RunnerRow:
+        """What this runner says about itself in the runners table."""
+        runner, lanes = self.runner, self.shared.lanes
+        host, pid = this_host()
+        queues = None
+        if all(lane.queues is not None for lane in lanes):
+            queues = sorted({q for lane in lanes for q in lane.queues or ()})
+        return RunnerRow(
+            runner.runner_id, host, pid, package_version(), runner.mux.kinds(), queues,
+            sum(lane.limit for lane in lanes),
+        )  # fmt: skip
 
     async def serve(self) -> None:
         """Start the services and run until asked to stop; then stop in order."""
@@ -255,6 +270,8 @@ class Run:
                 released = await runner.store.release(runner.runner_id, unfinished)
                 self.log.info("runner.released", jobs=len(released))
         await self.supervisor.stop()
+        with contextlib.suppress(OutboxError):
+            await runner.store.remove_runner(runner.runner_id)
         self.log.info("runner.stopped")
 
     async def _flush(self) -> None:
