@@ -11,15 +11,17 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import psycopg
 from psycopg_pool import ConnectionPool
 
 from outbox import queries
+from outbox.db import run
 from outbox.observe import JobEvent, get_logger
 from outbox.queries import check_schema_name
+from outbox.runners import list_runners_plan, unhandled_kinds_plan
 from outbox.safety import safe_failure_message, safe_label
 
 try:
@@ -118,6 +120,12 @@ class _Snapshot:
     at: float
     up: bool
     rows: list[tuple[Any, ...]]
+    runners: int = 0
+    unhandled: list[tuple[str, int]] = field(default_factory=list)
+
+
+UNHANDLED_KINDS_SHOWN = 20
+"""Kinds nobody handles that get a series of their own; the rest are added up as ``other``."""
 
 
 class QueueCollector:
@@ -130,6 +138,9 @@ class QueueCollector:
       ``running`` jobs;
     - ``outbox_oldest_pending_age_seconds{queue,kind}``: how long the oldest runnable job has
       waited (present only where one waits);
+    - ``outbox_runners``: live runners (rows refreshed within a minute);
+    - ``outbox_unhandled_jobs{kind}``: runnable pending jobs of a kind no live runner serves
+      (the UNHANDLED_KINDS_SHOWN largest kinds, the rest as ``other``);
     - ``outbox_collector_up``: 1 when the last query worked, else 0 (and no other series).
 
     It reads with one statement over the partial indexes of pending and running jobs, at most
@@ -166,7 +177,7 @@ class QueueCollector:
 
     def describe(self) -> list[GaugeMetricFamily]:
         """The families this collector exports, without querying (for registry name checks)."""
-        return self._families(_Snapshot(0.0, up=False, rows=[]))
+        return self._families(_Snapshot(0.0, up=True, rows=[]))
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         """Yield the gauges, from the cache when it is younger than ``cache_seconds``."""
@@ -185,7 +196,7 @@ class QueueCollector:
         try:
             if self.pool is not None:
                 with self.pool.connection(timeout=self.timeout) as conn:
-                    rows = self._query_on(conn)
+                    snapshot = self._query_on(conn, now)
             else:
                 assert self.dsn is not None
                 with psycopg.connect(
@@ -194,19 +205,25 @@ class QueueCollector:
                     connect_timeout=max(1, round(self.timeout)),
                     application_name="outbox metrics",
                 ) as conn:
-                    rows = self._query_on(conn)
+                    snapshot = self._query_on(conn, now)
         except Exception as exc:
             self._log.warning("metrics.queue_query_failed", error=safe_failure_message(exc))
             return _Snapshot(now, up=False, rows=[])
-        return _Snapshot(now, up=True, rows=rows)
+        return snapshot
 
-    def _query_on(self, conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
+    def _query_on(self, conn: psycopg.Connection[Any], now: float) -> _Snapshot:
         with conn.transaction():
             conn.execute(
                 "SELECT set_config('statement_timeout', %s, true)",
                 (f"{round(self.timeout * 1000)}ms",),
             )
-            return conn.execute(self._query).fetchall()
+            rows = conn.execute(self._query).fetchall()
+            live = run(conn, list_runners_plan(self.schema))
+            unhandled = run(conn, unhandled_kinds_plan(self.schema))
+        return _Snapshot(
+            now, up=True, rows=rows, runners=len(live),
+            unhandled=[(u.kind, u.jobs) for u in unhandled],
+        )  # fmt: skip
 
     def _families(self, snapshot: _Snapshot) -> list[GaugeMetricFamily]:
         prefix = self.namespace
@@ -225,6 +242,22 @@ class QueueCollector:
             "1 when the queue collector's last query succeeded, else 0.",
             value=1.0 if snapshot.up else 0.0,
         )
+        runners = GaugeMetricFamily(
+            f"{prefix}_runners",
+            "Live runners (their rows refreshed within a minute).",
+            value=float(snapshot.runners),
+        )
+        unhandled = GaugeMetricFamily(
+            f"{prefix}_unhandled_jobs",
+            "Runnable pending jobs of a kind that no live runner handles.",
+            labels=["kind"],
+        )
+        orphans: dict[str, float] = {}
+        for rank, (kind, jobs) in enumerate(snapshot.unhandled):
+            label = safe_label(kind) if rank < UNHANDLED_KINDS_SHOWN else "other"
+            orphans[label] = orphans.get(label, 0.0) + float(jobs)
+        for label, waiting in orphans.items():
+            unhandled.add_metric([label], waiting)
         # Hostile kinds may collapse into one label value: add them up rather than repeat a series.
         counts: dict[tuple[str, str, str], float] = {}
         ages: dict[tuple[str, str], float] = {}
@@ -243,7 +276,9 @@ class QueueCollector:
             depth.add_metric(list(key), count)
         for labels, age in ages.items():
             oldest.add_metric(list(labels), age)
-        return [depth, oldest, up]
+        if not snapshot.up:
+            return [depth, oldest, up]
+        return [depth, oldest, runners, unhandled, up]
 
 
 def serve_metrics(

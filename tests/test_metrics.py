@@ -310,7 +310,7 @@ def test_concurrent_scrapes_share_one_query(dsn, ob, conn):
         t.start()
     for t in threads:
         t.join(10)
-    assert results == [3] * 8
+    assert results == [5] * 8  # depth, oldest, runners, unhandled, up
     assert reads == 1
 
 
@@ -364,3 +364,20 @@ def test_a_second_observer_on_one_registry_is_refused(registry):
     with pytest.raises(ValueError, match="Duplicated"):
         PrometheusObserver(registry=registry)
     PrometheusObserver(registry=registry, namespace="other")  # another namespace is fine
+
+
+def test_the_collector_counts_live_runners_and_jobs_nobody_handles(dsn, ob, conn):
+
+    ob.enqueue(conn, "emails.sned")
+    ob.enqueue(conn, "emails.sned")
+    ob.enqueue(conn, "emails.send")
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute(
+            f'INSERT INTO "{ob.schema}".runners (id, host, pid, version, kinds, concurrency)'
+            " VALUES ('r1', 'h', 1, '0.1', ARRAY['emails.send'], 10)"
+        )
+    registry = CollectorRegistry()
+    registry.register(QueueCollector(dsn, schema=ob.schema, cache_seconds=0))
+    assert registry.get_sample_value("outbox_runners") == 1
+    assert registry.get_sample_value("outbox_unhandled_jobs", {"kind": "emails.sned"}) == 2
+    assert registry.get_sample_value("outbox_unhandled_jobs", {"kind": "emails.send"}) is None
