@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from tests.helpers import free_port, serving
+from tests.helpers import free_port, serving, start_runner, stop, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -90,3 +90,25 @@ def test_dashboard_works_with_javascript_off_for_reading(browser, dsn, ob, conn)
         assert "ada@example.com" in page.locator("pre.payload").inner_text()
         assert page.locator("button").count() == 0  # read-only: no actions
         context.close()
+
+
+def test_operator_sees_live_runners_and_a_kind_nobody_handles(browser, dsn, ob, conn):
+    ob.enqueue(conn, "emails.sned", {"to": "ada@example.com"})  # a typo nobody handles
+    runner = start_runner(dsn, ob.schema, "--concurrency", "3")
+    port = free_port()
+    args = [
+        sys.executable, "-m", "outbox.cli", "dashboard", "--port", str(port),
+        "--schema", ob.schema, "--read-only",
+    ]  # fmt: skip
+    try:
+        wait_for(lambda: ob.runners(conn), timeout=30, every=0.2)
+        with serving(args, port, {"OUTBOX_DSN": dsn}) as url:
+            page = browser.new_page()
+            page.goto(url + "/")
+            warning = page.locator("p.warning").inner_text()
+            assert "emails.sned" in warning and "no live runner handles" in warning
+            page.get_by_role("link", name="1 live runner").click()
+            row = page.locator("table.counts tbody tr").first.inner_text()
+            assert str(runner.pid) in row and "0 / 3" in row
+    finally:
+        assert stop(runner) == 0

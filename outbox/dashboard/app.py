@@ -140,10 +140,17 @@ def create_app(
     async def overview(request: Request, pool: AsyncConnectionPool[Any]) -> Response:
         async with pool.connection() as conn:
             data = await ob.overview(conn)
+            unhandled = await ob.unhandled_kinds(conn)
+            live = await ob.runners(conn)
         return render(
             request, "overview.html", overview=data, columns=OVERVIEW_STATES,
-            refresh=REFRESH_SECONDS,
+            refresh=REFRESH_SECONDS, unhandled=unhandled, runner_count=len(live),
         )  # fmt: skip
+
+    async def runners(request: Request, pool: AsyncConnectionPool[Any]) -> Response:
+        async with pool.connection() as conn:
+            live = await ob.runners(conn)
+        return render(request, "runners.html", runners=live)
 
     async def jobs(request: Request, pool: AsyncConnectionPool[Any]) -> Response:
         query = request.query_params
@@ -219,6 +226,7 @@ def create_app(
     routes = [
         Route("/", page(overview), name="overview"),
         Route("/jobs", page(jobs), name="jobs"),
+        Route("/runners", page(runners), name="runners"),
         Route("/jobs/{job_id}", page(job), name="job"),
         Route("/actions", page(act), methods=["POST"], name="act"),
         Route("/actions", refuse_get, methods=["GET"]),
