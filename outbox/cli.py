@@ -736,6 +736,10 @@ def dashboard(
     if host not in ("127.0.0.1", "localhost", "::1"):
         typer.echo(f"outbox: serving on {host}: put it behind your own authentication", err=True)
     web = create_app(dsn=url, outbox=ob, read_only=read_only)
+    # uvicorn stops gracefully on SIGTERM/SIGINT, then raises the signal again against the
+    # handlers it found: with these, that second delivery ends nothing and the exit code is 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda received, frame: None)
     uvicorn.run(web, host=host, port=port, log_level="warning")
 
 

@@ -409,3 +409,35 @@ def test_flush_asks_before_deleting_and_refuses_without_a_filter(dsn, ob, conn):
     assert done.returncode == 0, done.stderr
     assert "flushed 3 unfinished jobs of kind 'doomed'" in done.stdout
     assert ob.count_unfinished(conn) == 1
+
+
+@pytest.mark.slow
+def test_dashboard_prints_its_url_and_exits_0_on_sigterm(dsn, ob):
+    import signal as signals
+
+    from tests.helpers import free_port, wait_for
+
+    port = free_port()
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("OUTBOX_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "outbox.cli", "dashboard", "--port", str(port),
+         "--schema", ob.schema, "--dsn", dsn],
+        cwd=ROOT, env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: _listening(port), timeout=30)
+    finally:
+        proc.send_signal(signals.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert f"outbox dashboard on http://127.0.0.1:{port}/" in out
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
