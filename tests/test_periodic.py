@@ -127,15 +127,36 @@ def test_two_schedules_of_one_kind_need_two_names():
 
 
 async def test_in_memory_store_fires_ticks_too():
-    from outbox.testing import InMemoryStore
+    from outbox.testing import FakeClock, InMemoryStore
 
-    store = InMemoryStore()
+    clock = FakeClock()
+    store = InMemoryStore(clock=clock)
     mux = ticking_mux()
     await store.register_periodic(mux.schedules())
-    await asyncio.sleep(1.05)
+    clock.advance(1.05)
     fired, upcoming = await store.fire_periodic(mux.schedules())
     assert len(fired) == 1 and upcoming > fired[0].tick
     assert store.get_job(fired[0].job_id).unique_key == f"periodic:tick:{fired[0].tick.isoformat()}"
+
+
+async def test_a_daily_schedule_fires_once_a_day_on_an_injected_clock():
+    """Three days pass in the test, not on the wall clock."""
+    from outbox.testing import FakeClock, InMemoryStore
+
+    clock = FakeClock(datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc))
+    store = InMemoryStore(clock=clock)
+    ran: list[int] = []
+    mux = HandlerMux()
+    mux.register("report", lambda job: ran.append(job.id))
+    mux.periodic("report", cron="0 6 * * *")  # 06:00 UTC every day
+    async with Runner(mux, store=store, clock=clock, poll_interval=0.01).running():
+        for _ in range(3 * 24 * 6):  # three days, ten minutes at a time
+            clock.advance(600)
+            await asyncio.sleep(0.002)
+        await asyncio.sleep(0.05)
+    keys = sorted(j.unique_key for j in store.jobs() if j.kind == "report")
+    assert keys == [f"periodic:report:2026-12-0{d}T06:00:00+00:00" for d in (2, 3, 4)]
+    assert len(ran) == 3
 
 
 def test_sql_check_refuses_a_bad_schedule_name(conn, ob):

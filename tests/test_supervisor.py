@@ -176,3 +176,27 @@ async def test_a_runner_registers_itself_and_logs_each_unhandled_kind_once():
     unhandled = [e for e in logs if e["event"] == "runner.unhandled_kind"]
     assert [(e["kind"], e["jobs"]) for e in unhandled] == [("emails.sned", 1)]
     assert store.runners() == []  # a clean stop removes its row
+
+
+async def test_a_retry_waits_out_its_backoff_on_the_injected_clock():
+    from outbox import Backoff
+
+    clock = FakeClock()
+    store = InMemoryStore(clock=clock)
+    tries: list[int] = []
+    mux = HandlerMux()
+
+    @mux.register("flaky")
+    async def flaky(job: Job) -> None:
+        tries.append(job.attempts)
+        if job.attempts == 1:
+            raise RuntimeError("first try fails")
+
+    job_id = store.enqueue("flaky", max_attempts=3)
+    runner = Runner(mux, store=store, clock=clock, poll_interval=1, backoff=Backoff(60, 120))
+    async with runner.running():
+        await eventually(lambda: tries == [1])
+        await asyncio.sleep(0.05)
+        assert store.get_job(job_id).state == "pending"  # waiting out up to 120 s of backoff
+        await advance_until(clock, lambda: store.get_job(job_id).state == "succeeded", step=5)
+    assert tries == [1, 2]
