@@ -29,10 +29,16 @@ lint: $(STAMP) ## ruff, mypy --strict and the layering contracts (import-linter)
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
+docs: $(STAMP) ## serve the documentation site at http://127.0.0.1:8000 (mkdocs)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve
+
+docs-build: $(STAMP) ## build the documentation site into build/site, failing on any warning
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+
 bench: $(STAMP) ## the benchmarks against the peers (see benchmarks/README.md)
 	$(PY) benchmarks/run.py
 
 clean: ## remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist
 
-.PHONY: help install demo test lint bench clean
+.PHONY: help install demo test lint docs docs-build bench clean

@@ -240,7 +240,7 @@ class PgStore:
     With a ``dsn`` it opens its own pool of POOL_SIZE connections; with a ``pool`` it borrows
     from yours. Either way it opens one connection for LISTEN and one for heartbeats, named
     ``application_name`` in ``pg_stat_activity``. On its own pool, writes skip the WAL flush
-    wait unless ``synchronous_commit`` is True (see the README's guarantees).
+    wait unless ``synchronous_commit`` is True (see docs/handlers.md, Guarantees).
 
     Whatever psycopg or its pool raises (a pool timeout, a failed ``BEGIN``, a connection that
     died in the pool, ``connect`` itself) leaves this class as a ``DatabaseError``;

@@ -1,6 +1,6 @@
 """The dashboard in a real browser (Playwright driving the machine's Chromium) and a real server.
 
-Set OUTBOX_SCREENSHOT=docs/dashboard.png to refresh the README's screenshot.
+Set OUTBOX_SCREENSHOT=docs/dashboard.png to refresh the docs' screenshot.
 """
 
 from __future__ import annotations
