@@ -40,3 +40,10 @@ def test_the_included_examples_are_files_the_tests_run():
             if path.startswith("examples/"):
                 module = Path(path).stem
                 assert path in tested or module in tested, f"{page.name}: {path} is not run"
+
+
+def test_no_page_installs_the_unrelated_distribution():
+    wrong = re.compile(r"pip install ['\"]?outbox(?![-\w])")
+    for page in [*PAGES, ROOT / "CONTRIBUTING.md"]:
+        for number, line in enumerate(page.read_text().splitlines(), 1):
+            assert not wrong.search(line), f"{page.name}:{number}: {line}"
