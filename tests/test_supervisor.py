@@ -200,3 +200,33 @@ async def test_a_retry_waits_out_its_backoff_on_the_injected_clock():
         assert store.get_job(job_id).state == "pending"  # waiting out up to 120 s of backoff
         await advance_until(clock, lambda: store.get_job(job_id).state == "succeeded", step=5)
     assert tries == [1, 2]
+
+
+class SlowLease(InMemoryStore):
+    """A store whose lease takes a while: a stop can arrive while a lease is in flight."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.leasing = asyncio.Event()
+
+    async def lease(self, *args, **kwargs):
+        rows = await super().lease(*args, **kwargs)
+        if rows:
+            self.leasing.set()
+            await asyncio.sleep(0.2)  # the statement has committed; its answer is on the way
+        return rows
+
+
+async def test_a_stop_during_a_lease_still_runs_or_hands_back_what_it_leased():
+    store = SlowLease()
+    done: list[int] = []
+    mux = HandlerMux()
+    mux.register("x", lambda job: done.append(job.id))
+    job_id = store.enqueue("x")
+    runner = Runner(mux, store=store, poll_interval=0.01)
+    task = asyncio.create_task(runner.run())
+    await store.leasing.wait()
+    runner.stop()
+    await task
+    assert store.get_job(job_id).state in ("succeeded", "pending")  # never stuck running
+    assert store.get_job(job_id).state == "succeeded" and done == [job_id]

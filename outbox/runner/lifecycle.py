@@ -228,7 +228,8 @@ class Run:
                 raise done.exception()  # type: ignore[misc]
         finally:
             shared.stopping.set()
-            await cancel_and_wait(tasks)
+            shared.wake_all()
+            await cancel_and_wait(tasks, grace=FLUSH_TIMEOUT)
             await self.shutdown([])
 
     def request_stop(self, now: bool) -> None:
@@ -247,7 +248,10 @@ class Run:
         """Stop leasing, let handlers finish, write outcomes, hand the rest back, stop."""
         shared, runner = self.shared, self.runner
         shared.wake_all()
-        await self.supervisor.stop(dispatchers)
+        # A dispatcher ends by itself once stopping is set; one waiting on a lease statement
+        # must see it through: cancelled there, the jobs it leased would never start (nor be
+        # handed back) until their leases expired. One stuck on a dead database is cut off.
+        await self.supervisor.stop(dispatchers, grace=FLUSH_TIMEOUT)
         running = [h.task for h in shared.held.values() if h.task and not h.task.done()]
         if running and not shared.stop_now:
             self.log.info("runner.draining", jobs=len(running), timeout=runner.shutdown_timeout)

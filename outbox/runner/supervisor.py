@@ -107,10 +107,14 @@ class Supervisor:
                 states[name] = "running"
         return states
 
-    async def stop(self, names: Sequence[str] | None = None) -> None:
-        """Stop these services (all when None) and wait for them to end."""
+    async def stop(self, names: Sequence[str] | None = None, *, grace: float = 0.0) -> None:
+        """Stop these services (all when None) and wait for them to end.
+
+        Those that end by themselves within ``grace`` seconds (a dispatcher finishing the lease
+        it is waiting on, once the runner is stopping) are not cancelled.
+        """
         chosen = [w for n, w in self._watched.items() if names is None or n in names]
-        await cancel_and_wait([w.task for w in chosen])
+        await cancel_and_wait([w.task for w in chosen], grace=grace)
 
     async def _watch(self, service: Service) -> None:
         watched = self._watched[service.name]
