@@ -40,6 +40,8 @@ class Scenario:
     quick_n: int
     options: dict[str, object] = field(default_factory=dict)
     higher_is_better: bool = True
+    only: tuple[str, ...] = ()
+    """The systems that have the feature measured (empty: every system)."""
 
 
 SCENARIOS = [
@@ -64,6 +66,15 @@ SCENARIOS = [
              higher_is_better=False),
     Scenario("rss", "runner peak RSS at concurrency 100", "rss", 10_000, 3000,
              {"concurrency": 100}, higher_is_better=False),
+    # Flow control (outbox only): the plain lease, then 1,000 tenants with a limit each.
+    Scenario("lease_plain", "lease 100 of 100,000 pending jobs, no tenants", "lease", 100_000,
+             20_000, higher_is_better=False, only=("ours",)),
+    Scenario("lease_tenants", "lease 100 of 100,000 pending jobs of 1,000 tenants, limits on",
+             "lease", 100_000, 20_000, {"tenants": 1000, "limits": 5}, higher_is_better=False,
+             only=("ours",)),
+    Scenario("drain_tenants", "drain 30,000 jobs of 1,000 tenants, limits on, concurrency 100",
+             "drain", 30_000, 10_000, {"concurrency": 100, "tenants": 1000, "limits": 5},
+             only=("ours",)),
 ]  # fmt: skip
 
 
@@ -193,6 +204,9 @@ def main() -> int:
             results = {}
             for name in names:
                 python, script = found[name]
+                if sc.only and name not in sc.only:
+                    results[name] = {"skip": "not a feature it has"}
+                    continue
                 results[name] = run_one(python, script, sc, dsn, args.quick, timeout)
                 print(f"{sc.name:16} {name:14} {results[name]}", file=sys.stderr)
             ours = results.get("ours")

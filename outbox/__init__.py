@@ -30,6 +30,7 @@ from outbox.errors import (
     UnknownQueueError,
     UnserializablePayloadError,
 )
+from outbox.limits import BlockedKey, Limit
 from outbox.models import FINAL_STATES, Job, JobState, KindStats, NewJob, Stats
 from outbox.mux import HandlerMux
 from outbox.observe import JobEvent, Observer, observers
@@ -40,6 +41,7 @@ __all__ = [
     "DEFAULT_SCHEMA",
     "FINAL_STATES",
     "Backoff",
+    "BlockedKey",
     "ConfigurationError",
     "DatabaseError",
     "DatabaseUnavailableError",
@@ -55,6 +57,7 @@ __all__ = [
     "JobEvent",
     "JobState",
     "KindStats",
+    "Limit",
     "NewJob",
     "Observer",
     "Outbox",
@@ -71,6 +74,7 @@ __all__ = [
     "Stats",
     "UnknownQueueError",
     "UnserializablePayloadError",
+    "blocked_keys",
     "cancel",
     "count",
     "discard",
@@ -78,20 +82,24 @@ __all__ = [
     "enqueue_many",
     "flush",
     "get_job",
+    "limits",
     "list_jobs",
     "migrate",
     "observers",
     "prune",
+    "remove_limit",
     "retry",
     "retry_many",
     "safe_failure_message",
     "safe_label",
     "sanitize_kind",
+    "set_limit",
     "stats",
 ]
 
 _DEFAULT = Outbox()
 
+blocked_keys = _DEFAULT.blocked_keys
 cancel = _DEFAULT.cancel
 count = _DEFAULT.count
 discard = _DEFAULT.discard
@@ -99,7 +107,10 @@ enqueue = _DEFAULT.enqueue
 enqueue_many = _DEFAULT.enqueue_many
 flush = _DEFAULT.flush
 get_job = _DEFAULT.get_job
+limits = _DEFAULT.limits
 list_jobs = _DEFAULT.list_jobs
+remove_limit = _DEFAULT.remove_limit
+set_limit = _DEFAULT.set_limit
 stats = _DEFAULT.stats
 migrate = _DEFAULT.migrate
 prune = _DEFAULT.prune

@@ -283,6 +283,111 @@ def runners(
     Console(width=200).print(table)
 
 
+KindOption = Annotated[str | None, typer.Option("--kind", help="The limit of this kind.")]
+TenantOption = Annotated[
+    str | None, typer.Option("--tenant", help="The limit of this tenant ('*': every tenant).")
+]
+
+
+@app.command()
+def limits(
+    dsn: DsnOption = None, schema: SchemaOption = DEFAULT_SCHEMA, as_json: JsonOption = False
+) -> None:
+    """List the flow limits, with the jobs running and waiting under each."""
+    ob = _outbox(schema)
+    with _connect(dsn) as conn, _errors():
+        found = ob.limits(conn)
+    if as_json:
+        typer.echo(json.dumps([lim.model_dump() for lim in found], indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"outbox limits ({len(found)})")
+    for column in (
+        "scope",
+        "name",
+        "max running",
+        "rate",
+        "weight",
+        "running",
+        "tokens",
+        "waiting",
+    ):
+        table.add_column(column)
+    for lim in found:
+        rate = "-" if lim.rate is None else f"{lim.rate}/{lim.per_seconds:g}s"
+        table.add_row(
+            lim.scope, _clean(lim.name), str(lim.max_running or "-"), rate, str(lim.weight),
+            str(lim.running), "-" if lim.tokens is None else str(lim.tokens), str(lim.waiting),
+        )  # fmt: skip
+    Console(width=200).print(table)
+
+
+@app.command("set-limit")
+def set_limit(
+    kind: KindOption = None,
+    tenant: TenantOption = None,
+    max_running: Annotated[
+        int | None, typer.Option(help="At most this many running at once, across every runner.")
+    ] = None,
+    rate: Annotated[int | None, typer.Option(help="At most this many starts per --per.")] = None,
+    per: Annotated[float, typer.Option(help="The rate's period in seconds.")] = 1.0,
+    weight: Annotated[int | None, typer.Option(help="A tenant's share of each lease.")] = None,
+    dsn: DsnOption = None,
+    schema: SchemaOption = DEFAULT_SCHEMA,
+) -> None:
+    """Limit a kind or a tenant (replacing its previous limit)."""
+    ob = _outbox(schema)
+    with _connect(dsn) as conn, _errors():
+        ob.set_limit(
+            conn, kind=kind, tenant=tenant, max_running=max_running, rate=rate, per=per,
+            weight=weight,
+        )  # fmt: skip
+    typer.echo(f"limit set for {'kind ' + repr(kind) if kind else 'tenant ' + repr(tenant)}")
+
+
+@app.command("remove-limit")
+def remove_limit(
+    kind: KindOption = None,
+    tenant: TenantOption = None,
+    dsn: DsnOption = None,
+    schema: SchemaOption = DEFAULT_SCHEMA,
+) -> None:
+    """Remove the limit of a kind or a tenant."""
+    ob = _outbox(schema)
+    with _connect(dsn) as conn, _errors():
+        removed = ob.remove_limit(conn, kind=kind, tenant=tenant)
+    if not removed:
+        _fail("no such limit", 1)
+    typer.echo("limit removed")
+
+
+@app.command("blocked-keys")
+def blocked_keys(
+    dsn: DsnOption = None, schema: SchemaOption = DEFAULT_SCHEMA, as_json: JsonOption = False
+) -> None:
+    """List the ordering keys whose head waits for a retry (cancel the head to move on)."""
+    ob = _outbox(schema)
+    with _connect(dsn) as conn, _errors():
+        found = ob.blocked_keys(conn)
+    if as_json:
+        typer.echo(json.dumps([k.model_dump(mode="json") for k in found], indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"blocked ordering keys ({len(found)})")
+    for column in ("key", "head", "kind", "attempts", "retry at", "waiting", "last error"):
+        table.add_column(column)
+    for k in found:
+        table.add_row(
+            _clean(k.ordering_key), str(k.head_id), k.kind, str(k.attempts),
+            k.run_at.strftime("%Y-%m-%d %H:%M:%S"), str(k.waiting), _clean(k.last_error or "-"),
+        )  # fmt: skip
+    Console(width=200).print(table)
+
+
 def _clean(text: str) -> str:
     """Text from the database, safe to print: no control characters, no rich markup."""
     from rich.markup import escape
@@ -410,7 +515,8 @@ def _print_job(job: Job) -> None:
     fields = Table.grid(padding=(0, 2))
     for name in ("id", "kind", "queue", "state", "priority", "attempts", "max_attempts",
                  "run_at", "created_at", "attempted_at", "updated_at", "finished_at",
-                 "leased_by", "leased_until", "timeout_seconds", "unique_key"):  # fmt: skip
+                 "leased_by", "leased_until", "timeout_seconds", "unique_key", "tenant",
+                 "ordering_key"):  # fmt: skip
         value = getattr(job, name)
         fields.add_row(f"[bold]{name}[/]", escape("-" if value is None else str(value)))
     fields.add_row("[bold]payload[/]", escape(json.dumps(job.payload, ensure_ascii=False)))

@@ -18,6 +18,7 @@ from pydantic import BaseModel
 
 from outbox import admin as _admin
 from outbox import enqueuing as _enqueue
+from outbox import limits as _limits
 from outbox import migrations as _migrate
 from outbox import runners as _runners
 from outbox import status as _status
@@ -25,6 +26,7 @@ from outbox import store as _store
 from outbox import tracing as _tracing
 from outbox.db import AnyConnection, Plan, execute
 from outbox.errors import ConfigurationError, InvalidOptionError, UnknownQueueError
+from outbox.limits import BlockedKey, Limit
 from outbox.models import Job, JobState, NewJob, Stats
 from outbox.queries import check_schema_name
 from outbox.runners import RunnerInfo, UnhandledKind
@@ -103,6 +105,8 @@ class Outbox:
         unique_key: str | None = None,
         if_exists: _enqueue.IfExists = "return",
         timeout: float | None = None,
+        tenant: str | None = None,
+        ordering_key: str | None = None,
     ) -> int: ...
     @overload
     def enqueue(
@@ -119,13 +123,15 @@ class Outbox:
         unique_key: str | None = None,
         if_exists: _enqueue.IfExists = "return",
         timeout: float | None = None,
+        tenant: str | None = None,
+        ordering_key: str | None = None,
     ) -> Awaitable[int]: ...
     def enqueue(
         self, conn: AnyConnection, kind: str, payload: Any = None, *,
         run_at: datetime | None = None, delay: timedelta | float | None = None,
         max_attempts: int | None = None, priority: int = 0, queue: str | None = None,
         unique_key: str | None = None, if_exists: _enqueue.IfExists = "return",
-        timeout: float | None = None,
+        timeout: float | None = None, tenant: str | None = None, ordering_key: str | None = None,
     ) -> int | Awaitable[int]:  # fmt: skip
         """Add a job in the connection's current transaction and return its id.
 
@@ -133,8 +139,10 @@ class Outbox:
         ``run_at`` (timezone-aware) or ``delay`` after now (the database's clock), else now.
         While an unfinished job of this kind has the same ``unique_key``, its id is returned
         instead (``if_exists="raise"`` raises DuplicateJobError). Higher ``priority`` runs
-        first. ``timeout`` (seconds) bounds each attempt, overriding the kind's. Bad input
-        raises an InvalidJobError before anything is sent.
+        first. ``timeout`` (seconds) bounds each attempt, overriding the kind's. ``tenant``
+        names whose job it is: leases take tenants round-robin, under per-tenant limits. Jobs
+        with one ``ordering_key`` run one at a time, in enqueue order, across every runner. Bad
+        input raises an InvalidJobError before anything is sent.
         """
         row = _enqueue.prepare(
             kind,
@@ -150,6 +158,8 @@ class Outbox:
             metadata=_tracing.current_metadata(),
             models=self.payloads,
             timeout=timeout,
+            tenant=tenant,
+            ordering_key=ordering_key,
         )
         if if_exists not in ("return", "raise"):
             raise ConfigurationError(f"if_exists must be 'return' or 'raise', got {if_exists!r}")
@@ -366,6 +376,71 @@ class Outbox:
                 "flush needs kind= or queue= (or everything=True to delete every unfinished job)"
             )
         return self._run(conn, _admin.flush_plan(self.schema, kind, queue))
+
+    @overload
+    def set_limit(
+        self, conn: SyncConn, *, kind: str | None = ..., tenant: str | None = ...,
+        max_running: int | None = ..., rate: int | None = ..., per: timedelta | float = ...,
+        weight: int | None = ...,
+    ) -> None: ...  # fmt: skip
+    @overload
+    def set_limit(
+        self, conn: AsyncConn, *, kind: str | None = ..., tenant: str | None = ...,
+        max_running: int | None = ..., rate: int | None = ..., per: timedelta | float = ...,
+        weight: int | None = ...,
+    ) -> Awaitable[None]: ...  # fmt: skip
+    def set_limit(
+        self, conn: AnyConnection, *, kind: str | None = None, tenant: str | None = None,
+        max_running: int | None = None, rate: int | None = None, per: timedelta | float = 1.0,
+        weight: int | None = None,
+    ) -> Awaitable[None] | None:  # fmt: skip
+        """Limit a kind or a tenant across every runner (see ``outbox.limits``).
+
+        At most ``max_running`` of its jobs run at once; at most ``rate`` start per ``per``
+        seconds; a tenant's ``weight`` is its share of each lease. Replaces the previous limit:
+        what is not given is no longer limited. ``tenant="*"`` is every tenant without a limit
+        of its own.
+        """
+        row = _limits.limit_row(
+            kind=kind, tenant=tenant, max_running=max_running, rate=rate, per=per, weight=weight
+        )
+        return self._run(conn, _limits.set_limit_plan(self.schema, row))
+
+    @overload
+    def remove_limit(
+        self, conn: SyncConn, *, kind: str | None = ..., tenant: str | None = ...
+    ) -> bool: ...
+    @overload
+    def remove_limit(
+        self, conn: AsyncConn, *, kind: str | None = ..., tenant: str | None = ...
+    ) -> Awaitable[bool]: ...
+    def remove_limit(
+        self, conn: AnyConnection, *, kind: str | None = None, tenant: str | None = None
+    ) -> bool | Awaitable[bool]:
+        """Remove the limit of a kind or tenant; False when it had none."""
+        return self._run(conn, _limits.remove_limit_plan(self.schema, kind=kind, tenant=tenant))
+
+    @overload
+    def limits(self, conn: SyncConn) -> list[Limit]: ...
+    @overload
+    def limits(self, conn: AsyncConn) -> Awaitable[list[Limit]]: ...
+    def limits(self, conn: AnyConnection) -> list[Limit] | Awaitable[list[Limit]]:
+        """Every limit, with the jobs running and waiting under it now."""
+        return self._run(conn, _limits.limits_plan(self.schema))
+
+    @overload
+    def blocked_keys(self, conn: SyncConn, *, limit: int = ...) -> list[BlockedKey]: ...
+    @overload
+    def blocked_keys(self, conn: AsyncConn, *, limit: int = ...) -> Awaitable[list[BlockedKey]]: ...
+    def blocked_keys(
+        self, conn: AnyConnection, *, limit: int = 100
+    ) -> list[BlockedKey] | Awaitable[list[BlockedKey]]:
+        """Ordering keys whose head failed an attempt and waits for its retry.
+
+        Every later job of such a key waits behind its head: cancel the head (``cancel``) to
+        let the key move on, or fix what makes it fail.
+        """
+        return self._run(conn, _limits.blocked_keys_plan(self.schema, limit))
 
     @overload
     def count_unfinished(

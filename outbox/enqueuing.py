@@ -34,8 +34,11 @@ __all__ = [
     "DEFAULT_QUEUE",
     "MAX_DELAY_SECONDS",
     "MAX_TIMEOUT_SECONDS",
+    "ORDERING_KEY_MAX_BYTES",
+    "TENANT_MAX_BYTES",
     "IfExists",
     "JobRow",
+    "check_label",
     "enqueue_many_plan",
     "enqueue_plan",
     "prepare",
@@ -61,6 +64,14 @@ _INT4_MAX = 2**31 - 1
 _NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 
 
+TENANT_MAX_BYTES = 128
+"""Longest tenant id."""
+
+ORDERING_KEY_MAX_BYTES = 512
+"""Longest ordering key: it lives in a btree index, like unique_key."""
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
 MAX_TIMEOUT_SECONDS = 604_800
 """Longest per-job timeout (a week): the table's CHECK says the same."""
 
@@ -80,6 +91,8 @@ class JobRow(NamedTuple):
     """JSON text: the trace context active at enqueue (see outbox.tracing)."""
     timeout: float | None = None
     """Seconds one attempt may take, overriding the kind's."""
+    tenant: str | None = None
+    ordering_key: str | None = None
 
 
 def _jsonable(value: Any) -> Any:
@@ -174,6 +187,8 @@ def prepare(
     metadata: str | None = None,
     models: Mapping[str, type[BaseModel]] | None = None,
     timeout: float | None = None,
+    tenant: str | None = None,
+    ordering_key: str | None = None,
 ) -> JobRow:
     """Validate one job's fields; raise an InvalidJobError for the first bad one.
 
@@ -208,6 +223,8 @@ def prepare(
             f"timeout must be more than 0 and at most {MAX_TIMEOUT_SECONDS} seconds, "
             f"got {timeout!r}"
         )
+    check_label("tenant", tenant, TENANT_MAX_BYTES)
+    check_label("ordering_key", ordering_key, ORDERING_KEY_MAX_BYTES)
     canonical = _kind(kind)
     if models:
         payload = _typed(canonical, payload, models)
@@ -222,7 +239,25 @@ def prepare(
         unique_key,
         metadata,
         None if timeout is None else float(timeout),
+        tenant,
+        ordering_key,
     )
+
+
+def check_label(name: str, value: str | None, limit: int) -> None:
+    """Refuse a tenant or ordering key the table's CHECK would refuse, before anything is sent."""
+    if value is None:
+        return
+    if (
+        not isinstance(value, str)
+        or not value
+        or len(value.encode("utf-8", "replace")) > limit
+        or _CONTROL.search(value)
+    ):
+        raise InvalidOptionError(
+            f"{name} must be a non-empty str of at most {limit} bytes without control "
+            f"characters, got {safe_failure_message(repr(value), limit=80)}"
+        )
 
 
 def enqueue_plan(schema: str, job: JobRow, if_exists: IfExists) -> Plan[int]:
@@ -239,6 +274,8 @@ def enqueue_plan(schema: str, job: JobRow, if_exists: IfExists) -> Plan[int]:
         job.unique_key,
         job.metadata,
         job.timeout,
+        job.tenant,
+        job.ordering_key,
     )
     while True:
         rows = yield Statement(insert, params)
@@ -305,6 +342,8 @@ def prepare_many(
                     metadata=metadata,
                     models=models,
                     timeout=job.timeout,
+                    tenant=job.tenant,
+                    ordering_key=job.ordering_key,
                 )
             )
         except InvalidJobError as exc:
@@ -334,6 +373,8 @@ def enqueue_many_plan(schema: str, rows: list[JobRow]) -> Plan[list[int]]:
         [r.unique_key for r in rows],
         [r.metadata for r in rows],
         [r.timeout for r in rows],
+        [r.tenant for r in rows],
+        [r.ordering_key for r in rows],
     )
     result = yield Statement(queries.query("insert_jobs", schema), columns)
     return sorted(int(row[0]) for row in result)
@@ -346,13 +387,25 @@ def _copy_jobs(schema: str, rows: list[JobRow]) -> Plan[list[int]]:
     data: list[tuple[Any, ...]]
     if all(r.run_at is None and not r.delay for r in rows):
         data = [
-            (i, r.kind, r.queue, r.payload, r.priority, r.max_attempts, r.metadata, r.timeout)
+            (
+                i,
+                r.kind,
+                r.queue,
+                r.payload,
+                r.priority,
+                r.max_attempts,
+                r.metadata,
+                r.timeout,
+                r.tenant,
+                r.ordering_key,
+            )
             for i, r in zip(ids, rows, strict=True)
         ]
         yield Copy(queries.query("copy_jobs_now", schema), data)
         return ids
     data = [
         (i, r.kind, r.queue, r.payload, r.priority, r.max_attempts, r.metadata, r.timeout,
+         r.tenant, r.ordering_key,
          r.run_at or (now + timedelta(seconds=r.delay) if r.delay else now))
         for i, r in zip(ids, rows, strict=True)
     ]  # fmt: skip

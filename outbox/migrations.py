@@ -1,19 +1,26 @@
 """Applies the numbered migrations in ``sql/migrations`` and checks a database's schema version.
 
-Migrating takes a transaction-scoped advisory lock, so two processes migrating at once apply
-each migration once: the second waits, then finds nothing left to do.
+Migrating takes an advisory lock, so two processes migrating at once apply each migration once:
+the second waits, then finds nothing left to do. A migration is a transaction, then, after the
+line ``-- outbox: concurrently``, statements that cannot run in one (``CREATE INDEX
+CONCURRENTLY``, which builds an index while the table keeps taking writes). Those run one at a
+time after the commit; a migration whose statements have not all run is marked pending, and
+every ``migrate`` finishes them. On a jobs table created by the same ``migrate`` call (empty,
+nobody else can see it) they run inside the transaction instead.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 from weakref import WeakKeyDictionary
 
 import psycopg
+from psycopg.pq import TransactionStatus
 
 from outbox import queries
 from outbox.db import AnyConnection, Plan, Statement, arun, run
-from outbox.errors import SchemaNotMigratedError, SchemaTooNewError
+from outbox.errors import OutboxError, SchemaNotMigratedError, SchemaTooNewError
 
 __all__ = ["LATEST_VERSION", "check_schema", "migrate_async", "migrate_sync", "verified"]
 
@@ -27,6 +34,7 @@ def _migrate_plan(schema: str) -> Plan[list[int]]:
     yield Statement(queries.query("migrate_lock", q), (q,))
     yield Statement(queries.query("create_schema", q))
     yield Statement(queries.query("create_migrations_table", q))
+    yield Statement(queries.query("add_pending_column", q))
     rows = yield Statement(queries.query("applied_versions", q))
     applied = {row[0] for row in rows}
     newest = max(applied, default=0)
@@ -35,26 +43,95 @@ def _migrate_plan(schema: str) -> Plan[list[int]]:
             f"schema {q!r} is at version {newest}, newer than this outbox's {LATEST_VERSION}: "
             "upgrade the outbox package"
         )
+    new_table = not applied
     done: list[int] = []
     for migration in queries.migrations():
         if migration.version in applied:
             continue
         yield Statement(migration.render(q))
-        yield Statement(queries.query("record_migration", q), (migration.version, migration.name))
+        later = migration.render_concurrently(q)
+        if new_table:
+            for statement in later:
+                yield Statement(statement.replace(b" CONCURRENTLY", b"", 1))
+        pending = bool(later) and not new_table
+        yield Statement(
+            queries.query("record_migration", q), (migration.version, migration.name, pending)
+        )
         done.append(migration.version)
     return done
 
 
+def _concurrently_plan(schema: str, in_transaction: bool) -> Plan[None]:
+    """Run the statements after the transaction of every migration marked pending.
+
+    Outside a transaction block each runs on its own (the driver holds the session-level
+    migration lock). Inside one (the caller's), ``CONCURRENTLY`` is impossible: they run as
+    plain statements, locking the table against writes while an index builds.
+    """
+    q = queries.check_schema_name(schema)
+    rows = yield Statement(queries.query("pending_concurrently", q))
+    versions = {row[0] for row in rows}
+    pending = [m for m in queries.migrations() if m.version in versions]
+    if not pending:
+        return
+    invalid = yield Statement(queries.query("invalid_indexes", q), (q,))
+    for (name,) in invalid:  # left by an interrupted CREATE INDEX CONCURRENTLY
+        yield Statement(queries.drop_index(q, name))
+    for migration in pending:
+        for statement in migration.render_concurrently(q):
+            if in_transaction:
+                statement = statement.replace(b" CONCURRENTLY", b"", 1)
+            yield Statement(statement)
+        yield Statement(queries.query("finish_concurrently", q), (migration.version,))
+
+
+def _session_lock(schema: str, take: bool) -> Plan[None]:
+    name = "migrate_session_lock" if take else "migrate_session_unlock"
+    yield Statement(queries.query(name, schema), (schema,))
+
+
 def migrate_sync(conn: psycopg.Connection[Any], schema: str) -> list[int]:
-    """Apply pending migrations on a sync connection, in one transaction."""
+    """Apply pending migrations on a sync connection: see the module's docstring."""
     with conn.transaction():
-        return run(conn, _migrate_plan(schema))
+        done = run(conn, _migrate_plan(schema))
+    if conn.info.transaction_status != TransactionStatus.IDLE:
+        run(conn, _concurrently_plan(schema, in_transaction=True))
+        return done
+    autocommit = conn.autocommit
+    conn.autocommit = True
+    try:
+        run(conn, _session_lock(schema, take=True))
+        try:
+            run(conn, _concurrently_plan(schema, in_transaction=False))
+        finally:
+            with contextlib.suppress(OutboxError):
+                run(conn, _session_lock(schema, take=False))
+    finally:
+        if not conn.closed:
+            conn.autocommit = autocommit
+    return done
 
 
 async def migrate_async(conn: psycopg.AsyncConnection[Any], schema: str) -> list[int]:
-    """Apply pending migrations on an async connection, in one transaction."""
+    """Apply pending migrations on an async connection: see the module's docstring."""
     async with conn.transaction():
-        return await arun(conn, _migrate_plan(schema))
+        done = await arun(conn, _migrate_plan(schema))
+    if conn.info.transaction_status != TransactionStatus.IDLE:
+        await arun(conn, _concurrently_plan(schema, in_transaction=True))
+        return done
+    autocommit = conn.autocommit
+    await conn.set_autocommit(True)
+    try:
+        await arun(conn, _session_lock(schema, take=True))
+        try:
+            await arun(conn, _concurrently_plan(schema, in_transaction=False))
+        finally:
+            with contextlib.suppress(OutboxError):
+                await arun(conn, _session_lock(schema, take=False))
+    finally:
+        if not conn.closed:
+            await conn.set_autocommit(autocommit)
+    return done
 
 
 def check_schema(schema: str) -> Plan[int]:

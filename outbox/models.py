@@ -78,6 +78,10 @@ class Job(BaseModel, Generic[P]):
     """When the current (or last) attempt started."""
     updated_at: datetime | None = None
     """When outbox last changed the job: enqueue, lease, outcome or an operator's action."""
+    tenant: str | None = None
+    """Whose job it is: leases take tenants round-robin. None: no tenant's."""
+    ordering_key: str | None = None
+    """Jobs with one ordering key run one at a time, in enqueue order."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +101,8 @@ class NewJob:
     queue: str | None = None
     unique_key: str | None = None
     timeout: float | None = None
+    tenant: str | None = None
+    ordering_key: str | None = None
 
 
 class KindStats(BaseModel):

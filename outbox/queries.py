@@ -23,7 +23,17 @@ if sys.version_info >= (3, 11):
 else:
     from importlib.abc import Traversable
 
-__all__ = ["Migration", "check_schema_name", "migrations", "query"]
+__all__ = [
+    "CONCURRENTLY_MARKER",
+    "Migration",
+    "check_schema_name",
+    "drop_index",
+    "migrations",
+    "query",
+]
+
+CONCURRENTLY_MARKER = "-- outbox: concurrently\n"
+"""The line that ends a migration's transaction; the statements after it run one at a time."""
 
 _BLOCK = re.compile(r"^-- name: ([a-z_]+)\s*$", re.MULTILINE)
 _MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
@@ -39,8 +49,26 @@ class Migration:
     text: str
 
     def render(self, schema: str) -> bytes:
-        """Return the migration's SQL for ``schema``."""
-        return _render(self.text, schema)
+        """Return the SQL of the migration's transaction for ``schema``."""
+        return _render(self.text.partition(CONCURRENTLY_MARKER)[0], schema)
+
+    def render_concurrently(self, schema: str) -> list[bytes]:
+        """Return the statements that run after the transaction, one at a time, for ``schema``.
+
+        They follow the line ``-- outbox: concurrently``: index builds and drops made
+        ``CONCURRENTLY`` so that a live table keeps taking writes. Each must be a no-op once done
+        (``IF NOT EXISTS``, ``IF EXISTS``): ``migrate`` runs them again until all succeed.
+        """
+        _, marker, tail = self.text.partition(CONCURRENTLY_MARKER)
+        if not marker:
+            return []
+        statements = []
+        for chunk in tail.split(";\n"):
+            lines = [line for line in chunk.splitlines() if not line.lstrip().startswith("--")]
+            text = "\n".join(lines).strip()
+            if text:
+                statements.append(_render(text, schema))
+        return statements
 
 
 def _sql_root() -> Traversable:
@@ -70,6 +98,16 @@ def _render(text: str, schema: str) -> bytes:
     return (
         sql.SQL(text)
         .format(schema=sql.Identifier(schema), channel=sql.Identifier(f"{schema}_jobs"))
+        .as_bytes()
+    )
+
+
+def drop_index(schema: str, name: str) -> bytes:
+    """``DROP INDEX CONCURRENTLY`` of one index, found by name in the catalog (an invalid one)."""
+    check_schema_name(schema)
+    return (
+        sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}.{}")
+        .format(sql.Identifier(schema), sql.Identifier(name))
         .as_bytes()
     )
 

@@ -47,6 +47,8 @@ JOB_COLUMNS = (
     "timeout_seconds",
     "attempted_at",
     "updated_at",
+    "tenant",
+    "ordering_key",
 )
 """The columns of ``sql/queries`` job rows, in order."""
 

@@ -83,6 +83,8 @@ class Leased(NamedTuple):
     unique_key: str | None
     metadata: dict[str, Any] | None = None
     timeout_seconds: float | None = None
+    tenant: str | None = None
+    ordering_key: str | None = None
 
 
 class RunnerRow(NamedTuple):

@@ -29,6 +29,8 @@ from outbox.client import Outbox
 from outbox.clock import SYSTEM_CLOCK, Clock
 from outbox.enqueuing import IfExists, prepare
 from outbox.errors import DuplicateJobError
+from outbox.limits import limit_row, limit_target
+from outbox.memory_flow import Buckets, fair_pick, needs_flow
 from outbox.models import FINAL_STATES, Job, JobState
 from outbox.mux import HandlerMux
 from outbox.periodic import Fired, Schedule
@@ -137,6 +139,8 @@ class InMemoryStore:
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
         self._periodic: dict[str, tuple[str, datetime]] = {}
         self._runners: dict[str, tuple[RunnerRow, datetime]] = {}
+        self._limits: dict[tuple[str, str], dict[str, Any]] = {}
+        self._buckets: Buckets = {}
 
     # -- the test's side ------------------------------------------------------------------
 
@@ -177,6 +181,7 @@ class InMemoryStore:
                 "last_error": None, "errors": [], "unique_key": row.unique_key, "result": None,
                 "metadata": None if row.metadata is None else orjson.loads(row.metadata),
                 "timeout_seconds": row.timeout, "attempted_at": None, "updated_at": now,
+                "tenant": row.tenant, "ordering_key": row.ordering_key,
             }  # fmt: skip
         self._notify()
         return job_id
@@ -216,20 +221,28 @@ class InMemoryStore:
         limit: int,
         lease_seconds: float,
     ) -> list[Leased]:
-        """Lease runnable jobs in (priority desc, run_at, id) order."""
+        """Lease runnable jobs in (priority desc, run_at, id) order, under the flow rules."""
         now = self._clock()
         with self._lock:
-            runnable = [
-                job
-                for job in self._jobs.values()
-                if job["state"] == JobState.PENDING
-                and job["run_at"] <= now
-                and job["kind"] in kinds
-                and (queues is None or job["queue"] in queues)
-            ]
-            runnable.sort(key=lambda j: (-j["priority"], j["run_at"], j["id"]))  # lease order
+            jobs = self._jobs.values()
+            if needs_flow(jobs, self._limits):
+                chosen = fair_pick(
+                    jobs, self._limits, self._buckets, kinds=kinds, queues=queues, limit=limit,
+                    now=now,
+                )  # fmt: skip
+            else:
+                runnable = [
+                    job
+                    for job in jobs
+                    if job["state"] == JobState.PENDING
+                    and job["run_at"] <= now
+                    and job["kind"] in kinds
+                    and (queues is None or job["queue"] in queues)
+                ]
+                runnable.sort(key=lambda j: (-j["priority"], j["run_at"], j["id"]))  # lease order
+                chosen = runnable[:limit]
             leased = []
-            for job in runnable[:limit]:
+            for job in chosen:
                 job.update(
                     state=JobState.RUNNING,
                     attempts=job["attempts"] + 1,
@@ -238,23 +251,33 @@ class InMemoryStore:
                     attempted_at=now,
                     updated_at=now,
                 )
-                leased.append(
-                    Leased(
-                        job["id"],
-                        job["kind"],
-                        job["queue"],
-                        job["payload"],
-                        job["priority"],
-                        job["attempts"],
-                        job["max_attempts"],
-                        job["run_at"],
-                        job["created_at"],
-                        job["unique_key"],
-                        job.get("metadata"),
-                        job.get("timeout_seconds"),
-                    )
-                )
+                leased.append(Leased(*(job[field] for field in Leased._fields)))
             return leased
+
+    def set_limit(
+        self,
+        *,
+        kind: str | None = None,
+        tenant: str | None = None,
+        max_running: int | None = None,
+        rate: int | None = None,
+        per: timedelta | float = 1.0,
+        weight: int | None = None,
+    ) -> None:
+        """``Outbox.set_limit``, for this store."""
+        row = limit_row(
+            kind=kind, tenant=tenant, max_running=max_running, rate=rate, per=per, weight=weight
+        )
+        with self._lock:
+            self._limits[row["scope"], row["name"]] = row
+            self._buckets.pop((row["scope"], row["name"]), None)
+
+    def remove_limit(self, *, kind: str | None = None, tenant: str | None = None) -> bool:
+        """``Outbox.remove_limit``, for this store."""
+        key = limit_target(kind, tenant)
+        with self._lock:
+            self._buckets.pop(key, None)
+            return self._limits.pop(key, None) is not None
 
     def _held(self, runner: str, job_id: int, attempts: int | None = None) -> dict[str, Any] | None:
         job = self._jobs.get(job_id)
@@ -500,6 +523,10 @@ class StoreContract:
     async def advance(self, store: Store, seconds: float) -> None:
         """Let ``seconds`` pass for ``store`` (by default on the wall clock: override it)."""
         await asyncio.sleep(seconds)
+
+    async def set_limit(self, store: Store, **limit: Any) -> None:
+        """Set a flow limit in ``store`` with ``Outbox.set_limit``'s arguments."""
+        raise NotImplementedError
 
     def check(self, body: Callable[[Store], Awaitable[None]]) -> None:
         """Run ``body`` with a fresh store on an event loop of its own."""
@@ -774,5 +801,136 @@ class StoreContract:
             assert await self.get(store, old) is None
             assert await self.get(store, new) is not None
             assert await self.get(store, waiting) is not None
+
+        self.check(body)
+
+    # -- flow control: tenants, ordering keys, limits ---------------------------------------
+
+    async def lease_ids(
+        self, store: Store, limit: int = 10, kinds: Sequence[str] = ("k",)
+    ) -> list[int]:
+        """Lease up to ``limit`` jobs as runner ``r``; their ids in lease order."""
+        return [j.id for j in await store.lease("r", list(kinds), None, limit, 30)]
+
+    async def finish(self, store: Store, *ids: int) -> None:
+        """Record success for jobs leased once by runner ``r``."""
+        await store.record("r", [Outcome(i, 1, "succeeded") for i in ids])
+
+    def test_tenants_share_a_lease_whatever_one_has_queued(self) -> None:
+        async def body(store: Store) -> None:
+            for _ in range(20):
+                await self.add(store, "k", tenant="big")
+            small = [await self.add(store, "k", tenant="small") for _ in range(2)]
+            leased = await self.lease_ids(store, limit=4)
+            assert len(leased) == 4 and set(small) <= set(leased)
+
+        self.check(body)
+
+    def test_jobs_of_no_tenant_are_one_tenant_of_their_own(self) -> None:
+        async def body(store: Store) -> None:
+            for _ in range(20):
+                await self.add(store, "k", tenant="big")
+            plain = await self.add(store, "k")
+            assert plain in await self.lease_ids(store, limit=2)
+
+        self.check(body)
+
+    def test_a_tenants_weight_is_its_share_of_a_lease(self) -> None:
+        async def body(store: Store) -> None:
+            await self.set_limit(store, tenant="gold", weight=3)
+            gold = {await self.add(store, "k", tenant="gold") for _ in range(10)}
+            for _ in range(10):
+                await self.add(store, "k", tenant="free")
+            leased = await self.lease_ids(store, limit=8)
+            assert len(set(leased) & gold) == 6
+
+        self.check(body)
+
+    def test_priority_still_orders_jobs_within_a_tenant(self) -> None:
+        async def body(store: Store) -> None:
+            await self.add(store, "k", tenant="t")
+            urgent = await self.add(store, "k", tenant="t", priority=5)
+            await self.add(store, "k", tenant="u")
+            assert (await self.lease_ids(store, limit=1)) == [urgent]
+
+        self.check(body)
+
+    def test_an_ordering_key_runs_one_job_at_a_time_in_enqueue_order(self) -> None:
+        async def body(store: Store) -> None:
+            first, second, third = [
+                await self.add(store, "k", ordering_key="o-1") for _ in range(3)
+            ]
+            other = await self.add(store, "k", ordering_key="o-2")
+            assert sorted(await self.lease_ids(store)) == [first, other]
+            assert await self.lease_ids(store) == []
+            await self.finish(store, first)
+            assert await self.lease_ids(store) == [second]
+            await self.finish(store, second)
+            assert await self.lease_ids(store) == [third]
+
+        self.check(body)
+
+    def test_a_retrying_head_holds_its_key_until_it_ends(self) -> None:
+        async def body(store: Store) -> None:
+            head, behind = [await self.add(store, "k", ordering_key="o") for _ in range(2)]
+            assert await self.lease_ids(store) == [head]
+            await store.record("r", [Outcome(head, 1, "pending", delay=60, error="E: x")])
+            assert await self.lease_ids(store) == []
+            await self.advance(store, 61)
+            assert await self.lease_ids(store) == [head]
+            await store.record("r", [Outcome(head, 2, "failed", error="E: x")])
+            assert await self.lease_ids(store) == [behind]
+
+        self.check(body)
+
+    def test_a_kind_never_runs_more_than_its_max_running(self) -> None:
+        async def body(store: Store) -> None:
+            await self.set_limit(store, kind="k", max_running=2)
+            for _ in range(5):
+                await self.add(store, "k")
+            other = await self.add(store, "free")
+            first = await self.lease_ids(store, kinds=("k", "free"))
+            assert len(first) == 3 and other in first
+            assert await self.lease_ids(store) == []
+            await self.finish(store, first[0] if first[0] != other else first[1])
+            assert len(await self.lease_ids(store)) == 1
+
+        self.check(body)
+
+    def test_a_crashed_runners_slots_come_back_when_its_leases_expire(self) -> None:
+        async def body(store: Store) -> None:
+            await self.set_limit(store, kind="k", max_running=1)
+            for _ in range(2):
+                await self.add(store, "k")
+            assert len(await store.lease("dead", ["k"], None, 10, 5)) == 1
+            assert await self.lease_ids(store) == []
+            await self.advance(store, 6)
+            assert await store.rescue(10) == 1
+            assert len(await self.lease_ids(store)) == 1
+
+        self.check(body)
+
+    def test_a_tenant_never_runs_more_than_its_max_running(self) -> None:
+        async def body(store: Store) -> None:
+            await self.set_limit(store, tenant="*", max_running=1)
+            for tenant in ("a", "a", "b", "b"):
+                await self.add(store, "k", tenant=tenant)
+            plain = await self.add(store, "k")
+            assert len(await self.lease_ids(store)) == 3  # one of a, one of b, and plain
+            assert plain not in await self.lease_ids(store)
+
+        self.check(body)
+
+    def test_a_rate_limit_allows_its_starts_per_period(self) -> None:
+        async def body(store: Store) -> None:
+            await self.set_limit(store, kind="k", rate=3, per=10)
+            for _ in range(10):
+                await self.add(store, "k")
+            assert len(await self.lease_ids(store)) == 3
+            assert await self.lease_ids(store) == []
+            await self.advance(store, 5)
+            assert len(await self.lease_ids(store)) == 1  # 1.5 tokens refilled
+            await self.advance(store, 10)
+            assert len(await self.lease_ids(store)) == 3  # a full bucket, not more
 
         self.check(body)

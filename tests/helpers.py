@@ -68,11 +68,13 @@ def job_row(dsn: str, schema: str, job_id: int) -> dict[str, Any]:
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def start_runner(dsn: str, schema: str, *args: str) -> subprocess.Popen[bytes]:
-    """Start `outbox run tests.jobs_app:mux` as a real process."""
+def start_runner(
+    dsn: str, schema: str, *args: str, target: str = "tests.jobs_app:mux"
+) -> subprocess.Popen[bytes]:
+    """Start `outbox run <target>` (by default tests.jobs_app:mux) as a real process."""
     env = {**os.environ, "OUTBOX_DSN": dsn, "OUTBOX_SCHEMA": schema}
     return subprocess.Popen(
-        [sys.executable, "-m", "outbox.cli", "run", "tests.jobs_app:mux", *args],
+        [sys.executable, "-m", "outbox.cli", "run", target, *args],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,

@@ -441,3 +441,40 @@ def _listening(port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def test_limits_are_set_listed_and_removed_from_the_command_line(dsn, ob, conn):
+    s = ("--schema", ob.schema)
+    done = outbox_cmd("set-limit", "--kind", "partner.api", "--max-running", "5", *s, dsn=dsn)
+    assert done.returncode == 0, done.stderr
+    done = outbox_cmd("set-limit", "--tenant", "*", "--rate", "10", "--per", "60", *s, dsn=dsn)
+    assert done.returncode == 0, done.stderr
+    listed = json.loads(outbox_cmd("limits", "--json", *s, dsn=dsn).stdout)
+    assert [(x["scope"], x["name"], x["max_running"], x["rate"]) for x in listed] == [
+        ("kind", "partner.api", 5, None),
+        ("tenant", "*", None, 10),
+    ]
+    assert "partner.api" in outbox_cmd("limits", *s, dsn=dsn).stdout
+    bad = outbox_cmd("set-limit", "--kind", "k", *s, dsn=dsn)
+    assert bad.returncode != 0 and "give max_running, rate or weight" in bad.stderr
+    assert outbox_cmd("remove-limit", "--kind", "partner.api", *s, dsn=dsn).returncode == 0
+    assert outbox_cmd("remove-limit", "--kind", "partner.api", *s, dsn=dsn).returncode == 1
+
+
+def test_blocked_keys_lists_a_key_whose_head_waits_for_a_retry(dsn, ob, conn):
+    head = ob.enqueue(conn, "k", ordering_key="order-42")
+    ob.enqueue(conn, "k", ordering_key="order-42")
+    conn.execute(
+        f"UPDATE \"{ob.schema}\".jobs SET attempts = 1, last_error = 'E: down' WHERE id = %s",
+        (head,),
+    )
+    [blocked] = json.loads(
+        outbox_cmd("blocked-keys", "--json", "--schema", ob.schema, dsn=dsn).stdout
+    )
+    assert (blocked["ordering_key"], blocked["head_id"], blocked["waiting"]) == (
+        "order-42",
+        head,
+        1,
+    )
+    table = outbox_cmd("blocked-keys", "--schema", ob.schema, dsn=dsn).stdout
+    assert "order-42" in table and "E: down" in table

@@ -97,6 +97,24 @@ async def test_payload_and_error_text_are_escaped(client, ob, conn):
     assert "default-src 'none'" in page.headers["content-security-policy"]
 
 
+async def test_limits_and_blocked_keys_page_shows_what_holds_jobs_back(client, ob, conn):
+    ob.set_limit(conn, kind="partner.api", max_running=5)
+    head = ob.enqueue(conn, "k", ordering_key="<b>order-42</b>", tenant="acme")
+    ob.enqueue(conn, "k", ordering_key="<b>order-42</b>")
+    fail(conn, ob.schema, head, "E: down")
+    conn.execute(
+        f"UPDATE \"{ob.schema}\".jobs SET state = 'pending', finished_at = NULL WHERE id = %s",
+        (head,),
+    )
+    page = await client.get("/flow")
+    assert page.status_code == 200
+    assert "partner.api" in page.text
+    assert "&lt;b&gt;order-42&lt;/b&gt;" in page.text and "<b>order-42" not in page.text
+    assert f"/jobs/{head}" in page.text
+    job = await client.get(f"/jobs/{head}")
+    assert "acme" in job.text
+
+
 async def test_retry_from_the_job_page_makes_it_pending(client, ob, conn):
     job_id = ob.enqueue(conn, "k")
     fail(conn, ob.schema, job_id)

@@ -21,7 +21,7 @@ import pytest
 from conftest import count_jobs
 from pydantic import BaseModel
 
-from outbox import DuplicateJobError, JobState, NewJob, Outbox
+from outbox import DuplicateJobError, InvalidOptionError, JobState, NewJob, Outbox
 
 # -- helpers: one spelling for both connection flavours ------------------------------------------
 
@@ -489,3 +489,30 @@ def test_payload_exactly_at_the_limit_is_accepted(schema, conn):
     ob = Outbox(schema=schema, max_payload_bytes=100)
     payload = {"x": "y" * 92}  # {"x":"…"} is 8 bytes of JSON around the 92
     assert ob.get_job(conn, ob.enqueue(conn, "k", payload)).payload == payload
+
+
+# -- tenants and ordering keys -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("field", ["tenant", "ordering_key"])
+@pytest.mark.parametrize("bad", ["", "a\nb", "\x00", "x" * 513, 42, b"bytes"])
+def test_a_bad_tenant_or_ordering_key_is_refused_before_anything_is_sent(ob, conn, field, bad):
+    with pytest.raises(InvalidOptionError, match=field):
+        ob.enqueue(conn, "k", **{field: bad})
+    with pytest.raises(InvalidOptionError, match=field):
+        ob.enqueue_many(conn, [NewJob("k", **{field: bad})])
+    assert ob.count(conn, state="pending") == 0
+
+
+def test_a_tenant_id_is_data_of_up_to_128_bytes(ob, conn):
+    job_id = ob.enqueue(conn, "k", tenant="Ünïcode tenant/42 " + "x" * 100)
+    assert ob.get_job(conn, job_id).tenant.startswith("Ünïcode")
+    with pytest.raises(InvalidOptionError, match="128 bytes"):
+        ob.enqueue(conn, "k", tenant="t" * 129)
+
+
+def test_enqueue_many_keeps_each_jobs_tenant_and_key_with_and_without_unique_keys(ob, conn):
+    copied = ob.enqueue_many(conn, [NewJob("k", tenant="a", ordering_key="o"), NewJob("k")])
+    inserted = ob.enqueue_many(conn, [NewJob("k", tenant="b", ordering_key="p", unique_key="u")])
+    jobs = [ob.get_job(conn, i) for i in copied + inserted]
+    assert [(j.tenant, j.ordering_key) for j in jobs] == [("a", "o"), (None, None), ("b", "p")]

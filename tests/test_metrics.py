@@ -344,7 +344,7 @@ def test_the_queue_query_reads_only_the_partial_indexes(dsn, ob, conn):
         row[0] for row in conn.execute(b"EXPLAIN " + queries.query("queue_depth", ob.schema))
     )
     assert "Seq Scan" not in plan, plan
-    assert "jobs_pending_idx" in plan and "jobs_running_idx" in plan, plan
+    assert "jobs_lease_idx" in plan and "jobs_running_idx" in plan, plan
 
 
 def test_serve_metrics_serves_the_registry_over_http(registry):

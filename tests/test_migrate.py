@@ -93,7 +93,9 @@ def test_migrate_creates_the_table_indexes_function_and_views(conn, schema):
     }
     assert {
         "jobs_pkey",
-        "jobs_pending_idx",
+        "jobs_lease_idx",
+        "jobs_tenant_idx",
+        "jobs_ordering_idx",
         "jobs_running_idx",
         "jobs_unique_key_idx",
         "jobs_problem_idx",
@@ -314,7 +316,7 @@ def test_runnable_jobs_query_uses_the_pending_index(ob, conn, schema, dsn):
     for plan in plans:
         [pick] = [p for p in plan["Plans"] if p.get("Subplan Name") == "CTE next"]
         shown = json.dumps(plan, indent=1)
-        assert "jobs_pending_idx" in _index_names(pick), shown
+        assert "jobs_lease_idx" in _index_names(pick), shown
         assert "Sort" not in _node_types(pick), shown  # the index gives the lease order
 
 
@@ -384,3 +386,76 @@ def test_each_migration_applies_to_a_populated_table_while_a_runner_drains_it(
     print(f"migration {version}: {took:.3f} s on 50,000 rows; slowest step {slowest[0]:.3f} s")
     assert took < 5
     assert slowest[0] < 1.0
+
+
+# -- statements after the transaction (CREATE INDEX CONCURRENTLY) --------------------------------
+
+
+def _indexes(conn: psycopg.Connection, schema: str) -> dict[str, bool]:
+    """The schema's indexes on jobs, each with whether it is valid."""
+    rows = conn.execute(
+        "SELECT c.relname, i.indisvalid FROM pg_index i"
+        " JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = %s",
+        (schema,),
+    ).fetchall()
+    return dict(rows)
+
+
+def _migrate_to(conn: psycopg.Connection, schema: str, version: int, monkeypatch) -> list[int]:
+    upto = queries.migrations()[:version]
+    with monkeypatch.context() as patch:
+        patch.setattr(queries, "migrations", lambda: upto)
+        return Outbox(schema=schema).migrate(conn)
+
+
+def test_indexes_of_a_migration_are_built_concurrently_on_an_existing_table(
+    conn, new_schema, monkeypatch
+):
+    _migrate_to(conn, new_schema, 4, monkeypatch)
+    conn.execute(f"INSERT INTO \"{new_schema}\".jobs (kind) VALUES ('k')")
+    assert _migrate_to(conn, new_schema, 5, monkeypatch) == [5]
+    indexes = _indexes(conn, new_schema)
+    assert indexes["jobs_lease_idx"] and indexes["jobs_tenant_idx"] and indexes["jobs_ordering_idx"]
+    assert "jobs_pending_idx" not in indexes
+    pending = conn.execute(
+        f'SELECT count(*) FROM "{new_schema}".migrations WHERE pending_concurrently'
+    ).fetchone()[0]
+    assert pending == 0
+
+
+def test_an_interrupted_index_build_is_finished_by_the_next_migrate(conn, new_schema):
+    ob = Outbox(schema=new_schema)
+    ob.migrate(conn)
+    # What a crash during CREATE INDEX CONCURRENTLY leaves: the migration recorded as pending,
+    # one index invalid, another not built, the old one not dropped.
+    conn.execute(
+        f'UPDATE "{new_schema}".migrations SET pending_concurrently = true WHERE version = 5'
+    )
+    conn.execute(
+        "UPDATE pg_index SET indisvalid = false"
+        f" WHERE indexrelid = '\"{new_schema}\".jobs_tenant_idx'::regclass"
+    )
+    conn.execute(f'DROP INDEX "{new_schema}".jobs_ordering_idx')
+    conn.execute(
+        f'CREATE INDEX jobs_pending_idx ON "{new_schema}".jobs (priority DESC, run_at, id)'
+        " WHERE state = 'pending'"
+    )
+    assert ob.migrate(conn) == []
+    indexes = _indexes(conn, new_schema)
+    assert indexes["jobs_tenant_idx"] and indexes["jobs_ordering_idx"]
+    assert "jobs_pending_idx" not in indexes
+
+
+def test_migrate_inside_a_transaction_builds_its_indexes_in_that_transaction(
+    dsn, new_schema, monkeypatch
+):
+    with psycopg.connect(dsn) as conn:  # not autocommit: migrate runs inside our transaction
+        with conn.transaction():
+            _migrate_to(conn, new_schema, 4, monkeypatch)
+            conn.execute(f"INSERT INTO \"{new_schema}\".jobs (kind) VALUES ('k')")
+        with conn.transaction():
+            assert _migrate_to(conn, new_schema, 5, monkeypatch) == [5]
+            assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+        assert "jobs_tenant_idx" in _indexes(conn, new_schema)
+        assert not conn.autocommit

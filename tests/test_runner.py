@@ -695,7 +695,8 @@ def test_trusted_job_is_the_same_job_model_construct_builds():
         "priority": 0, "attempts": 1, "max_attempts": 3, "run_at": now, "created_at": now,
         "finished_at": None, "leased_until": None, "leased_by": "r", "last_error": None,
         "errors": [], "unique_key": None, "result": None, "metadata": None,
-        "timeout_seconds": None, "attempted_at": now, "updated_at": None,
+        "timeout_seconds": None, "attempted_at": now, "updated_at": None, "tenant": "t",
+        "ordering_key": None,
     }  # fmt: skip
     fast, slow = trusted_job(dict(values)), Job.model_construct(**values)
     assert fast == slow

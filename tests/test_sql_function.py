@@ -84,6 +84,11 @@ def test_sql_enqueue_in_a_rolled_back_transaction_leaves_no_job(conn, schema):
         "'k', priority => -32769",
         "'k', unique_key => ''",
         "'k', unique_key => repeat('x', 513)",
+        "'k', tenant => ''",
+        "'k', tenant => repeat('t', 129)",
+        "'k', tenant => E'a\\nb'",
+        "'k', ordering_key => ''",
+        "'k', ordering_key => repeat('o', 513)",
     ],
 )
 def test_sql_enqueue_refuses_bad_input_with_invalid_parameter_value(conn, schema, args):
@@ -178,3 +183,11 @@ def test_sql_enqueue_takes_a_timeout_and_refuses_one_out_of_range(ob, conn, sche
     for bad in ("0", "-1", "'NaN'", "604801"):
         with pytest.raises(psycopg.errors.InvalidParameterValue, match="timeout must be"):
             conn.execute(f"SELECT \"{schema}\".enqueue('k', timeout => {bad})")
+
+
+def test_sql_enqueue_takes_a_tenant_and_an_ordering_key(ob, conn, schema):
+    [(job_id,)] = conn.execute(
+        f'SELECT "{schema}".enqueue(\'k\', tenant => \'acme\', ordering_key => \'order-42\')'
+    ).fetchall()
+    job = ob.get_job(conn, job_id)
+    assert (job.tenant, job.ordering_key) == ("acme", "order-42")

@@ -40,7 +40,16 @@ async def test_get_job_of_a_missing_id_returns_none_async(ob, aconn):
 def test_get_job_returns_every_field(ob, conn):
     run_at = datetime(2030, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
     job_id = ob.enqueue(
-        conn, "k", {"a": [1]}, run_at=run_at, priority=3, queue="q", unique_key="u", timeout=2.5
+        conn,
+        "k",
+        {"a": [1]},
+        run_at=run_at,
+        priority=3,
+        queue="q",
+        unique_key="u",
+        timeout=2.5,
+        tenant="acme",
+        ordering_key="order-42",
     )
     job = ob.get_job(conn, job_id)
     assert job.updated_at == job.created_at  # stamped at enqueue
@@ -64,6 +73,8 @@ def test_get_job_returns_every_field(ob, conn):
         "metadata": None,
         "timeout_seconds": 2.5,
         "attempted_at": None,
+        "tenant": "acme",
+        "ordering_key": "order-42",
     }
 
 

@@ -29,6 +29,9 @@ class TestInMemoryStore(StoreContract):
     async def add(self, store, kind, **options) -> int:
         return store.enqueue(kind, **options)
 
+    async def set_limit(self, store, **limit) -> None:
+        store.set_limit(**limit)
+
     async def get(self, store, job_id) -> Job | None:
         return store.get_job(job_id)
 
@@ -70,6 +73,14 @@ class TestPgStore(StoreContract):
                 " started_at = started_at - %(s)s",
                 {"s": timedelta(seconds=seconds)},
             )
+            await conn.execute(
+                f'UPDATE "{store.schema}".buckets SET refilled_at = refilled_at - %(s)s',
+                {"s": timedelta(seconds=seconds)},
+            )
+
+    async def set_limit(self, store, **limit) -> None:
+        async with await psycopg.AsyncConnection.connect(self.dsn, autocommit=True) as conn:
+            await Outbox(schema=store.schema).set_limit(conn, **limit)
 
     async def get(self, store, job_id) -> Job | None:
         async with await psycopg.AsyncConnection.connect(self.dsn, autocommit=True) as conn:

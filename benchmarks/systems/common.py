@@ -14,8 +14,11 @@ Scenarios:
   latency         N jobs enqueued one by one to an idle runner,
                   enqueue commit -> handler start                    -> p50 ms (p95, p99 extra)
   rss             a runner at --concurrency draining N jobs          -> peak RSS MiB
+  lease           N pending jobs, leased 100 at a time (each batch then
+                  marked done) by one connection                    -> p50 ms a lease
 ``--finished M`` inserts M finished jobs before a drain (index health); ``--handler sync`` uses
-plain ``def`` handlers where the system has both.
+plain ``def`` handlers where the system has both. ``--tenants T`` spreads the jobs over T
+tenants, and ``--limits L`` caps every tenant at L running jobs (outbox's flow control).
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--finished", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=300.0)
     parser.add_argument("--handler", choices=["async", "sync"], default="async")
+    parser.add_argument("--tenants", type=int, default=0, help="spread the jobs over N tenants")
+    parser.add_argument("--limits", type=int, default=0, help="a running limit per tenant")
     return parser.parse_args()
 
 

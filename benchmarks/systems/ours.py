@@ -75,17 +75,49 @@ def enqueue_bulk(args) -> dict:
 def unfinished(conn: psycopg.Connection) -> bool:
     query = (
         # Walks the partial indexes: a plain EXISTS would scan the finished rows every poll.
-        "SELECT EXISTS (SELECT 1 FROM bench_outbox.jobs WHERE state = 'pending'"
-        " ORDER BY priority DESC, run_at, id LIMIT 1) OR EXISTS (SELECT 1 FROM bench_outbox.jobs"
+        "SELECT EXISTS (SELECT 1 FROM bench_outbox.jobs WHERE state = 'pending' AND tenant IS NULL)"
+        " OR EXISTS (SELECT 1 FROM bench_outbox.jobs WHERE state = 'pending'"
+        " AND tenant IS NOT NULL) OR EXISTS (SELECT 1 FROM bench_outbox.jobs"
         " WHERE state = 'running' ORDER BY leased_until LIMIT 1)"
     )
     return bool(conn.execute(query).fetchone()[0])
+
+
+def new_jobs(args, kind: str) -> list[NewJob]:
+    """``args.n`` jobs of ``kind``, spread round-robin over ``args.tenants`` tenants (if any)."""
+    if not args.tenants:
+        return [NewJob(kind) for _ in range(args.n)]
+    return [NewJob(kind, tenant=f"tenant-{i % args.tenants}") for i in range(args.n)]
+
+
+def set_limits(conn: psycopg.Connection, args, kind: str) -> None:
+    if args.limits:
+        OB.set_limit(conn, tenant="*", max_running=args.limits)
+        OB.set_limit(conn, kind=kind, max_running=10_000)
+
+
+def lease(args) -> dict:
+    conn = reset(args.dsn)
+    set_limits(conn, args, "bench")
+    OB.enqueue_many(conn, new_jobs(args, "bench"))
+    conn.execute("VACUUM ANALYZE bench_outbox.jobs")
+    samples = []
+    for _ in range(min(200, args.n // 100)):
+        started = time.perf_counter()
+        ids = [r[0] for r in conn.execute(
+            "SELECT id FROM bench_outbox.lease(ARRAY['bench'], NULL, 100, 30, 'bench')")]
+        samples.append((time.perf_counter() - started) * 1000)
+        conn.execute(
+            "UPDATE bench_outbox.jobs SET state = 'succeeded', finished_at = now(),"
+            " leased_until = NULL WHERE id = ANY(%s)", (ids,))
+    return {**common.percentiles(samples), "unit": "ms p50 a lease of 100"}
 
 
 def drain(args) -> dict:
     conn = reset(args.dsn)
     add_finished(conn, args.finished)
     kind = "bench" if args.handler == "async" else "bench_sync"
+    set_limits(conn, args, kind)
     env = {**os.environ, "OUTBOX_DSN": args.dsn, "OUTBOX_SCHEMA": OB.schema,
            "BENCH_SLEEP_MS": str(args.sleep_ms), "PYTHONPATH": str(ROOT)}  # fmt: skip
     workers = [
@@ -108,7 +140,7 @@ def drain(args) -> dict:
     ]
     try:
         time.sleep(2)
-        OB.enqueue_many(conn, [NewJob(kind) for _ in range(args.n)])
+        OB.enqueue_many(conn, new_jobs(args, kind))
         seconds = common.wait_until(lambda: not unfinished(conn), args.timeout)
     finally:
         common.stop_workers(workers)
@@ -169,5 +201,6 @@ if __name__ == "__main__":
             "drain": drain,
             "latency": latency,
             "rss": rss,
+            "lease": lease,
         }
     )

@@ -152,6 +152,12 @@ def create_app(
             live = await ob.runners(conn)
         return render(request, "runners.html", runners=live)
 
+    async def flow(request: Request, pool: AsyncConnectionPool[Any]) -> Response:
+        async with pool.connection() as conn:
+            found = await ob.limits(conn)
+            blocked = await ob.blocked_keys(conn)
+        return render(request, "flow.html", limits=found, blocked=blocked)
+
     async def jobs(request: Request, pool: AsyncConnectionPool[Any]) -> Response:
         query = request.query_params
         filters = {name: query.get(name) or None for name in ("state", "kind", "queue")}
@@ -227,6 +233,7 @@ def create_app(
         Route("/", page(overview), name="overview"),
         Route("/jobs", page(jobs), name="jobs"),
         Route("/runners", page(runners), name="runners"),
+        Route("/flow", page(flow), name="flow"),
         Route("/jobs/{job_id}", page(job), name="job"),
         Route("/actions", page(act), methods=["POST"], name="act"),
         Route("/actions", refuse_get, methods=["GET"]),

@@ -126,4 +126,6 @@ class Dispatcher:
             return self._poll_interval
         if due is None or due > left:
             return None
+        if due <= 0:  # due, yet not leased: held back by a limit, a key's head or a lock
+            return self._poll_interval
         return min(max(due, 0.01), self._poll_interval)

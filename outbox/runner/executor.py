@@ -102,7 +102,7 @@ class Executor:
     def start(self, lane: Lane, row: Leased) -> None:
         """Hold a leased job and start its handler."""
         job_id, kind, queue, payload, priority, attempts, max_attempts, run_at, created = row[:9]
-        key, meta, timeout = row[9], row[10], row[11]
+        key, meta, timeout, tenant, ordering_key = row[9:14]
         job = trusted_job({
             "id": job_id, "kind": kind, "queue": queue, "payload": payload,
             "state": JobState.RUNNING, "priority": priority, "attempts": attempts,
@@ -111,6 +111,7 @@ class Executor:
             "last_error": None, "errors": [], "unique_key": key, "result": None,
             "metadata": meta, "timeout_seconds": timeout,
             "attempted_at": datetime.now(timezone.utc), "updated_at": None,
+            "tenant": tenant, "ordering_key": ordering_key,
         })  # fmt: skip
         held = Held(job, lane, self._mux.route(kind))
         lane.busy += 1

@@ -9,7 +9,8 @@ SELECT queue, kind,
        count(*),
        extract(epoch FROM now() - min(run_at) FILTER (WHERE state = 'pending' AND run_at <= now()))::float8
 FROM {schema}.jobs
-WHERE state = 'pending' OR state = 'running'
+WHERE (state = 'pending' AND tenant IS NULL) OR (state = 'pending' AND tenant IS NOT NULL)
+   OR state = 'running'
 GROUP BY 1, 2, 3
 UNION ALL
 SELECT queue, kind, state::text, count(*), NULL

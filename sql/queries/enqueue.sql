@@ -2,9 +2,9 @@
 
 -- name: insert_job
 INSERT INTO {schema}.jobs (kind, queue, payload, priority, max_attempts, run_at, unique_key, metadata,
-                          timeout_seconds)
+                          timeout_seconds, tenant, ordering_key)
 VALUES (%s, %s, %s::jsonb, %s, %s, coalesce(%s::timestamptz, now() + make_interval(secs => %s::float8)), %s,
-        %s::jsonb, %s::float8)
+        %s::jsonb, %s::float8, %s, %s)
 ON CONFLICT (kind, unique_key) WHERE unique_key IS NOT NULL AND state IN ('pending', 'running')
 DO NOTHING
 RETURNING id
@@ -15,10 +15,11 @@ WHERE kind = %s AND unique_key = %s AND state IN ('pending', 'running')
 
 -- name: insert_jobs
 INSERT INTO {schema}.jobs (kind, queue, payload, priority, max_attempts, run_at, unique_key, metadata,
-                          timeout_seconds)
-SELECT k, q, p::jsonb, pr, ma, coalesce(ra, now() + make_interval(secs => d)), uk, m::jsonb, ts
+                          timeout_seconds, tenant, ordering_key)
+SELECT k, q, p::jsonb, pr, ma, coalesce(ra, now() + make_interval(secs => d)), uk, m::jsonb, ts, tn, ok
 FROM unnest(%s::text[], %s::text[], %s::text[], %s::int2[], %s::int4[], %s::timestamptz[],
-            %s::float8[], %s::text[], %s::text[], %s::float8[]) AS t (k, q, p, pr, ma, ra, d, uk, m, ts)
+            %s::float8[], %s::text[], %s::text[], %s::float8[], %s::text[], %s::text[])
+     AS t (k, q, p, pr, ma, ra, d, uk, m, ts, tn, ok)
 ON CONFLICT (kind, unique_key) WHERE unique_key IS NOT NULL AND state IN ('pending', 'running')
 DO NOTHING
 RETURNING id
@@ -35,10 +36,12 @@ SELECT now(), min(id), max(id),
 FROM ids
 
 -- name: copy_jobs
-COPY {schema}.jobs (id, kind, queue, payload, priority, max_attempts, metadata, timeout_seconds, run_at)
+COPY {schema}.jobs (id, kind, queue, payload, priority, max_attempts, metadata, timeout_seconds, tenant,
+                   ordering_key, run_at)
 FROM STDIN
 
 -- name: copy_jobs_now
 -- Jobs that run now: run_at takes its default, the transaction's now().
-COPY {schema}.jobs (id, kind, queue, payload, priority, max_attempts, metadata, timeout_seconds)
+COPY {schema}.jobs (id, kind, queue, payload, priority, max_attempts, metadata, timeout_seconds, tenant,
+                   ordering_key)
 FROM STDIN

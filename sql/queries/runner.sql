@@ -3,9 +3,10 @@
 -- the outcome another runner records.
 
 -- name: lease
--- One statement (see lease_jobs in the migration): pick runnable jobs in lease order, skip
--- those another runner is locking, mark them running and spend an attempt.
-SELECT * FROM {schema}.lease_jobs(
+-- One statement (see lease and lease_fair in migration 0005): pick runnable jobs in lease
+-- order, under the flow rules when any apply, skip those another runner is locking, mark them
+-- running and spend an attempt.
+SELECT * FROM {schema}.lease(
     %(kinds)s::text[], %(queues)s::text[], %(limit)s, %(lease_seconds)s, %(runner)s
 )
 
@@ -107,7 +108,7 @@ RETURNING id
 -- due, in seconds (negative: due already); NULL when none is pending.
 SELECT extract(epoch FROM min(run_at) - now())::float8
 FROM {schema}.jobs
-WHERE state = 'pending'
+WHERE ((state = 'pending' AND tenant IS NULL) OR (state = 'pending' AND tenant IS NOT NULL))
   AND kind = ANY(%(kinds)s::text[])
   AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
 

@@ -30,7 +30,8 @@ ORDER BY started_at, id
 -- or a deploy that forgot a handler. One pass over the pending jobs.
 SELECT j.kind, count(*), extract(epoch FROM now() - min(j.run_at))::float8
 FROM {schema}.jobs j
-WHERE j.state = 'pending' AND j.run_at <= now()
+WHERE ((j.state = 'pending' AND j.tenant IS NULL) OR (j.state = 'pending' AND j.tenant IS NOT NULL))
+  AND j.run_at <= now()
   AND NOT EXISTS (
       SELECT FROM {schema}.runners r
       WHERE r.last_seen >= now() - make_interval(secs => %(stale)s)

@@ -3,7 +3,7 @@
 -- name: get_job
 SELECT id, kind, queue, payload, state, priority, attempts, max_attempts, run_at, created_at,
        finished_at, leased_until, leased_by, last_error, errors, unique_key, result, metadata,
-       timeout_seconds, attempted_at, updated_at
+       timeout_seconds, attempted_at, updated_at, tenant, ordering_key
 FROM {schema}.jobs
 WHERE id = %s
 
@@ -11,7 +11,7 @@ WHERE id = %s
 -- Newest first; the next page starts below the last id seen.
 SELECT id, kind, queue, payload, state, priority, attempts, max_attempts, run_at, created_at,
        finished_at, leased_until, leased_by, last_error, errors, unique_key, result, metadata,
-       timeout_seconds, attempted_at, updated_at
+       timeout_seconds, attempted_at, updated_at, tenant, ordering_key
 FROM {schema}.jobs
 WHERE (%(state)s::text IS NULL OR state = %(state)s::{schema}.job_state)
   AND (%(kind)s::text IS NULL OR kind = %(kind)s)
@@ -27,9 +27,10 @@ ORDER BY queue, kind, state
 
 -- name: queue_depth
 -- For metrics, per queue and kind: runnable, scheduled and running jobs, and the oldest
--- runnable one's age. `state = 'pending' OR state = 'running'` (not `state IN (...)`) lets the
--- planner combine the partial indexes jobs_pending_idx and jobs_running_idx in a BitmapOr:
--- finished rows, usually nearly all of the table, are never read. An IN list gives a seq scan.
+-- runnable one's age. The WHERE names the predicates of the partial indexes of pending jobs
+-- (jobs_lease_idx, jobs_tenant_idx) and of running ones (jobs_running_idx), ORed, so that the
+-- planner combines them in a BitmapOr: finished rows, usually nearly all of the table, are never
+-- read. `state IN (...)` gives a seq scan.
 SELECT queue, kind,
        count(*) FILTER (WHERE state = 'pending' AND run_at <= now()) AS available,
        count(*) FILTER (WHERE state = 'pending' AND run_at > now()) AS scheduled,
@@ -37,5 +38,6 @@ SELECT queue, kind,
        extract(epoch FROM now() - min(run_at) FILTER (WHERE state = 'pending' AND run_at <= now()))
            ::float8 AS oldest_available_age
 FROM {schema}.jobs
-WHERE state = 'pending' OR state = 'running'
+WHERE (state = 'pending' AND tenant IS NULL) OR (state = 'pending' AND tenant IS NOT NULL)
+   OR state = 'running'
 GROUP BY queue, kind
