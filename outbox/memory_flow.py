@@ -67,8 +67,12 @@ def fair_pick(
     queues: Sequence[str] | None,
     limit: int,
     now: datetime,
-) -> list[Job]:
-    """The jobs a fair lease takes, in lease order; spends their tokens from ``buckets``."""
+    cursor: str,
+) -> tuple[list[Job], str]:
+    """The jobs a fair lease takes, in lease order, and the tenant cursor for the next lease.
+
+    Spends the leased jobs' tokens from ``buckets``.
+    """
     running = [j for j in jobs if j["state"] == JobState.RUNNING]
     pending = [j for j in jobs if j["state"] == JobState.PENDING]
     kind_room: dict[str, int] = {}
@@ -92,13 +96,19 @@ def fair_pick(
         return {f: every[f] if own[f] is None else own[f] for f in own}
 
     tenant_running = Counter(j["tenant"] for j in running if j["tenant"] is not None)
+    names = sorted({j["tenant"] for j in pending if j["tenant"] is not None})
+    visit = 2 * limit + 10
+    after = [t for t in names if t > cursor][:visit]
+    wrapped = [t for t in names if t <= cursor][: visit - len(after)]
+    position: dict[str | None, float] = {t: n for n, t in enumerate([*after, *wrapped], start=1)}
+    if len(after) < visit and any(j["tenant"] is None for j in pending):
+        position[None] = len(after) + 0.5  # the jobs of no tenant: met at the wrap
     groups: dict[str | None, tuple[int, int | None]] = {}  # tenant: (weight, room)
-    for tenant in sorted({j["tenant"] for j in pending}, key=lambda t: (t is None, t or "")):
-        if tenant is None:
-            groups[None] = (1, None)
-            continue
-        rule = tenant_limit(tenant)
-        tokens = None if rule is None else refilled(rule, buckets.get(("tenant", tenant)), now)
+    for tenant in position:
+        rule = None if tenant is None else tenant_limit(tenant)
+        tokens = (
+            None if rule is None else refilled(rule, buckets.get(("tenant", tenant or "")), now)
+        )
         groups[tenant] = (
             1 if rule is None else rule["weight"],
             _room(rule, tenant_running[tenant], tokens),
@@ -116,16 +126,16 @@ def fair_pick(
             and (j["ordering_key"] is None or heads[j["ordering_key"]] == j["id"])
         ):
             runnable[j["tenant"]].append(j)
-    offered: list[tuple[int, Job]] = []
+    offered: list[tuple[int, float, Job]] = []
     for tenant, (weight, room) in groups.items():
         share = max(1, math.ceil(2 * limit * weight / total_weight))
         share = min(share, limit, room if room is not None else limit)
         for rank, j in enumerate(sorted(runnable[tenant], key=_lease_order)[:share], start=1):
-            offered.append((math.ceil(rank / weight), j))
-    offered.sort(key=lambda pair: (pair[0], *_lease_order(pair[1])))
+            offered.append((math.ceil(rank / weight), position[tenant], j))
+    offered.sort(key=lambda o: (o[0], o[1], *_lease_order(o[2])))
     taken_per_kind: Counter[str] = Counter()
     picked: list[Job] = []
-    for _, j in offered:
+    for _, _, j in offered:
         taken_per_kind[j["kind"]] += 1
         if j["kind"] in kind_room and taken_per_kind[j["kind"]] > kind_room[j["kind"]]:
             continue
@@ -140,4 +150,8 @@ def fair_pick(
         tokens = None if rule is None else refilled(rule, buckets.get(key), now)
         if tokens is not None:
             buckets[key] = (tokens - taken, now)
-    return picked
+    if len(picked) >= limit:  # the next lease starts after the last tenant served...
+        cursor = picked[-1]["tenant"] or ""
+    elif after or wrapped:  # ...or after the last one visited, when none was cut off
+        cursor = [*after, *wrapped][-1]
+    return picked, cursor

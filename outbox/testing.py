@@ -141,6 +141,7 @@ class InMemoryStore:
         self._runners: dict[str, tuple[RunnerRow, datetime]] = {}
         self._limits: dict[tuple[str, str], dict[str, Any]] = {}
         self._buckets: Buckets = {}
+        self._cursor = ""
 
     # -- the test's side ------------------------------------------------------------------
 
@@ -226,9 +227,9 @@ class InMemoryStore:
         with self._lock:
             jobs = self._jobs.values()
             if needs_flow(jobs, self._limits):
-                chosen = fair_pick(
+                chosen, self._cursor = fair_pick(
                     jobs, self._limits, self._buckets, kinds=kinds, queues=queues, limit=limit,
-                    now=now,
+                    now=now, cursor=self._cursor,
                 )  # fmt: skip
             else:
                 runnable = [
@@ -823,6 +824,18 @@ class StoreContract:
             small = [await self.add(store, "k", tenant="small") for _ in range(2)]
             leased = await self.lease_ids(store, limit=4)
             assert len(leased) == 4 and set(small) <= set(leased)
+
+        self.check(body)
+
+    def test_leases_take_tenants_round_robin_when_there_are_more_than_a_batch(self) -> None:
+        async def body(store: Store) -> None:
+            owner = {}
+            for n in range(30):
+                for _ in range(2):
+                    owner[await self.add(store, "k", tenant=f"t{n:02}")] = n
+            served = [[owner[i] for i in await self.lease_ids(store, limit=5)] for _ in range(6)]
+            assert all(len(set(lease)) == 5 for lease in served)
+            assert sorted(n for lease in served for n in lease) == list(range(30))
 
         self.check(body)
 

@@ -46,16 +46,25 @@ CREATE TABLE {schema}.buckets (
     PRIMARY KEY (scope, name)
 );
 
+-- Where the fair lease's round-robin over tenants stopped: one row.
+CREATE TABLE {schema}.lease_state (
+    one            boolean PRIMARY KEY DEFAULT true CHECK (one),
+    tenant_cursor  text NOT NULL DEFAULT ''
+);
+INSERT INTO {schema}.lease_state DEFAULT VALUES;
+
 -- The fair lease: every rule, under a lock that makes one fair lease at a time per schema, so the
 -- counts it reads (jobs running, tokens left, the head of each key) are what earlier leases
 -- committed. Rows are locked with SKIP LOCKED last, against a concurrent plain lease, an operator's
 -- cancel or the rescuer.
 --
--- Groups are the tenants with pending jobs (found by a skip scan over jobs_tenant_idx, one probe a
--- tenant) and the jobs of no tenant. Each group offers its next runnable jobs in lease order; a
--- job's round is its rank in its group divided by the group's weight; the lease takes rounds in
--- order, and within a round the oldest first. A tenant's wait therefore depends on how many tenants
--- are active, not on how many jobs another one has queued.
+-- Groups are tenants with pending jobs, taken round-robin: a skip scan over jobs_tenant_idx (one
+-- probe a tenant) visits at most 2 × max_jobs + 10 of them, in name order from where the previous
+-- lease stopped, wrapping around; the jobs of no tenant are one more group, met at the wrap. Each
+-- group offers its next runnable jobs in lease order; a job's round is its rank in its group
+-- divided by the group's weight; the lease takes rounds in order, and within a round the groups in
+-- visiting order. A tenant's wait therefore depends on how many tenants are active, not on how
+-- many jobs another one has queued, and a lease's cost on its batch, not on the tenant count.
 CREATE FUNCTION {schema}.lease_fair(
     kinds text[], queues text[], max_jobs integer, lease_seconds double precision, runner text
 ) RETURNS TABLE (
@@ -66,6 +75,7 @@ CREATE FUNCTION {schema}.lease_fair(
 LANGUAGE plpgsql
 SET enable_seqscan = off
 SET enable_bitmapscan = off
+SET jit = off  -- compiling would take longer than the statement (disabled scans inflate its cost)
 AS $$
 #variable_conflict use_column
 DECLARE
@@ -73,6 +83,8 @@ DECLARE
     room_kinds text[];
     room_left bigint[];
     untenanted boolean;
+    cursor_at text;
+    visit integer := 2 * max_jobs + 10;  -- tenants visited a lease: the cost follows the batch
 BEGIN
     PERFORM pg_advisory_xact_lock(hashtext('outbox.lease.{schema}'));
 
@@ -95,16 +107,36 @@ BEGIN
     WHERE k.room IS NOT NULL;
 
     untenanted := EXISTS (SELECT FROM {schema}.jobs u WHERE u.state = 'pending' AND u.tenant IS NULL);
+    SELECT c.tenant_cursor INTO cursor_at FROM {schema}.lease_state c;
 
     RETURN QUERY
-    WITH RECURSIVE tenants(tenant) AS (
-        (SELECT t.tenant FROM {schema}.jobs t
-         WHERE t.state = 'pending' AND t.tenant IS NOT NULL ORDER BY t.tenant LIMIT 1)
+    WITH RECURSIVE after(tenant, pos) AS (  -- tenants after the cursor, in name order
+        (SELECT t.tenant, 1 FROM {schema}.jobs t
+         WHERE t.state = 'pending' AND t.tenant IS NOT NULL AND t.tenant > cursor_at
+         ORDER BY t.tenant LIMIT 1)
         UNION ALL
         SELECT (SELECT t.tenant FROM {schema}.jobs t
                 WHERE t.state = 'pending' AND t.tenant IS NOT NULL AND t.tenant > s.tenant
-                ORDER BY t.tenant LIMIT 1)
-        FROM tenants s WHERE s.tenant IS NOT NULL
+                ORDER BY t.tenant LIMIT 1), s.pos + 1
+        FROM after s WHERE s.tenant IS NOT NULL AND s.pos < visit
+    ),
+    after_count AS (SELECT count(a.tenant) AS n FROM after a),
+    wrapped(tenant, pos) AS (  -- then from the first tenant up to the cursor, within the budget
+        (SELECT t.tenant, (SELECT c.n FROM after_count c) + 1 FROM {schema}.jobs t
+         WHERE t.state = 'pending' AND t.tenant IS NOT NULL AND t.tenant <= cursor_at
+           AND (SELECT c.n FROM after_count c) < visit
+         ORDER BY t.tenant LIMIT 1)
+        UNION ALL
+        SELECT (SELECT t.tenant FROM {schema}.jobs t
+                WHERE t.state = 'pending' AND t.tenant IS NOT NULL AND t.tenant > s.tenant
+                  AND t.tenant <= cursor_at
+                ORDER BY t.tenant LIMIT 1), s.pos + 1
+        FROM wrapped s WHERE s.tenant IS NOT NULL AND s.pos < visit
+    ),
+    tenants AS (
+        SELECT a.tenant, a.pos FROM after a WHERE a.tenant IS NOT NULL
+        UNION ALL
+        SELECT w.tenant, w.pos FROM wrapped w WHERE w.tenant IS NOT NULL
     ),
     tenant_running AS (
         SELECT r.tenant, count(*) AS n FROM {schema}.jobs r
@@ -113,7 +145,7 @@ BEGIN
         GROUP BY r.tenant
     ),
     tenant_limits AS (
-        SELECT s.tenant,
+        SELECT s.tenant, s.pos,
                coalesce(own.weight, every.weight, 1) AS weight,
                coalesce(own.max_running, every.max_running) AS max_running,
                coalesce(own.rate, every.rate) AS rate,
@@ -121,10 +153,9 @@ BEGIN
         FROM tenants s
         LEFT JOIN {schema}.limits own ON own.scope = 'tenant' AND own.name = s.tenant
         LEFT JOIN {schema}.limits every ON every.scope = 'tenant' AND every.name = '*'
-        WHERE s.tenant IS NOT NULL
     ),
     groups AS (
-        SELECT t.tenant, t.weight, t.rate, t.per_seconds, least(
+        SELECT t.tenant, t.pos::numeric AS pos, t.weight, t.rate, t.per_seconds, least(
                    t.max_running - coalesce(r.n, 0),
                    floor(least(t.rate, coalesce(b.tokens, t.rate)
                          + extract(epoch FROM now() - b.refilled_at) * t.rate / t.per_seconds))
@@ -132,8 +163,9 @@ BEGIN
         FROM tenant_limits t
         LEFT JOIN tenant_running r ON r.tenant = t.tenant
         LEFT JOIN {schema}.buckets b ON b.scope = 'tenant' AND b.name = t.tenant
-        UNION ALL
-        SELECT NULL, 1, NULL, NULL, NULL WHERE untenanted
+        UNION ALL  -- the jobs of no tenant: a tenant named '' at the wrap (when the scan gets there)
+        SELECT NULL, (SELECT c.n FROM after_count c) + 0.5, 1, NULL, NULL, NULL
+        WHERE untenanted AND (SELECT c.n FROM after_count c) < visit
     ),
     shares AS (
         SELECT g.*, least(max_jobs, g.room, greatest(1, ceil(2.0 * max_jobs * g.weight
@@ -142,7 +174,7 @@ BEGIN
         WHERE g.room IS NULL OR g.room > 0
     ),
     offered AS (
-        SELECT c.id, c.kind, c.priority, c.run_at, s.tenant,
+        SELECT c.id, c.kind, c.priority, c.run_at, s.tenant, s.pos,
                ceil(row_number() OVER (PARTITION BY s.tenant ORDER BY c.priority DESC, c.run_at, c.id)
                     / s.weight::numeric) AS round
         FROM shares s
@@ -171,16 +203,24 @@ BEGIN
         ) c
     ),
     within_kind_room AS (
-        SELECT o.*, row_number() OVER (PARTITION BY o.kind ORDER BY o.round, o.priority DESC, o.run_at, o.id)
-                    AS kind_rank
+        SELECT o.*, row_number() OVER (PARTITION BY o.kind ORDER BY o.round, o.pos, o.priority DESC,
+                                                                    o.run_at, o.id) AS kind_rank
         FROM offered o
     ),
     picked AS (
-        SELECT w.id FROM within_kind_room w
+        SELECT w.id, w.tenant, w.pos, w.round FROM within_kind_room w
         WHERE NOT w.kind = ANY(room_kinds)
            OR w.kind_rank <= room_left[array_position(room_kinds, w.kind)]
-        ORDER BY w.round, w.priority DESC, w.run_at, w.id
+        ORDER BY w.round, w.pos, w.priority DESC, w.run_at, w.id
         LIMIT max_jobs
+    ),
+    moved AS (  -- the next lease starts after the last tenant served (or visited: none was cut off)
+        UPDATE {schema}.lease_state SET tenant_cursor = CASE
+            WHEN (SELECT count(*) FROM picked) >= max_jobs
+            THEN (SELECT coalesce(p.tenant, '') FROM picked p ORDER BY p.round DESC, p.pos DESC LIMIT 1)
+            ELSE coalesce((SELECT t.tenant FROM tenants t ORDER BY t.pos DESC LIMIT 1), tenant_cursor)
+        END
+        WHERE one = true
     ),
     locked AS (
         SELECT j.id FROM {schema}.jobs j
@@ -238,6 +278,7 @@ CREATE FUNCTION {schema}.lease(
 LANGUAGE plpgsql
 SET enable_seqscan = off
 SET enable_bitmapscan = off
+SET jit = off  -- compiling would take longer than the statement (disabled scans inflate its cost)
 AS $$
 #variable_conflict use_column
 BEGIN
