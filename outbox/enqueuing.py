@@ -10,7 +10,7 @@ import functools
 import numbers
 import re
 from collections.abc import Iterable, Mapping
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any, Literal, NamedTuple
 
 import orjson
@@ -35,6 +35,8 @@ __all__ = [
     "MAX_DELAY_SECONDS",
     "MAX_TIMEOUT_SECONDS",
     "ORDERING_KEY_MAX_BYTES",
+    "RUN_AT_END",
+    "RUN_AT_MIN",
     "TENANT_MAX_BYTES",
     "IfExists",
     "JobRow",
@@ -63,6 +65,10 @@ _INT4_MAX = 2**31 - 1
 # A NUL escape not itself escaped: Postgres's jsonb cannot store U+0000.
 _NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 
+
+RUN_AT_MIN = datetime(1970, 1, 1, tzinfo=timezone.utc)
+RUN_AT_END = datetime(9000, 1, 1, tzinfo=timezone.utc)
+"""run_at must fall in [RUN_AT_MIN, RUN_AT_END): the table's CHECK says the same."""
 
 TENANT_MAX_BYTES = 128
 """Longest tenant id."""
@@ -200,6 +206,15 @@ def prepare(
             raise InvalidOptionError("give run_at or delay, not both")
         if not isinstance(run_at, datetime) or run_at.utcoffset() is None:
             raise InvalidOptionError(f"run_at must be a timezone-aware datetime, got {run_at!r}")
+        try:
+            in_range = RUN_AT_MIN <= run_at < RUN_AT_END
+        except OverflowError:  # year 9999 at a negative offset is past datetime.max in UTC
+            in_range = False
+        if not in_range:
+            raise InvalidOptionError(
+                f"run_at must be from {RUN_AT_MIN:%Y-%m-%d} to before {RUN_AT_END:%Y-%m-%d} (UTC), "
+                f"got {run_at!r}"
+            )
     attempts = DEFAULT_MAX_ATTEMPTS if max_attempts is None else max_attempts
     if not (_is_int(attempts) and 1 <= attempts <= _INT4_MAX):
         raise InvalidOptionError(f"max_attempts must be an int of at least 1, got {max_attempts!r}")

@@ -1,6 +1,6 @@
 -- 0005: flow control. Tenants (leases take them round-robin), ordering keys (one job of a key
 -- at a time, in enqueue order), and limits per kind and per tenant (jobs running at once across
--- every runner, starts per period).
+-- every runner, starts per period). And bounded time: run_at must fall in [1970, 9000).
 --
 -- Safe on a live table: the new columns are nullable without a default (a catalog change); their
 -- CHECKs are NOT VALID, since every existing row holds NULL there (new rows are checked); the new
@@ -15,6 +15,18 @@ ALTER TABLE {schema}.jobs
         CHECK (octet_length(tenant) BETWEEN 1 AND 128 AND tenant !~ '[[:cntrl:]]') NOT VALID,
     ADD CONSTRAINT jobs_ordering_key_check
         CHECK (octet_length(ordering_key) BETWEEN 1 AND 512 AND ordering_key !~ '[[:cntrl:]]') NOT VALID;
+-- A run_at of -infinity, or past year 9999, broke every reader (Python has no such datetime, and
+-- Postgres cannot subtract infinite timestamps). New rows are bounded; rows already there are
+-- read through finite_time() by every query that does arithmetic on run_at or returns it.
+ALTER TABLE {schema}.jobs
+    ADD CONSTRAINT jobs_run_at_bounded
+        CHECK (run_at >= '1970-01-01 00:00:00+00' AND run_at < '9000-01-01 00:00:00+00') NOT VALID;
+
+CREATE FUNCTION {schema}.finite_time(t timestamptz) RETURNS timestamptz
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$ SELECT least(greatest(t, '1970-01-01 00:00:00+00'::timestamptz), '9000-01-01 00:00:00+00'::timestamptz) $$;
+COMMENT ON FUNCTION {schema}.finite_time IS 'A timestamp clamped into [1970, 9000]: what readers show of run_at.';
+
 COMMENT ON COLUMN {schema}.jobs.tenant IS
     'Whose job it is; leases take tenants round-robin. NULL: the jobs of no tenant, one group of their own.';
 COMMENT ON COLUMN {schema}.jobs.ordering_key IS
@@ -238,8 +250,8 @@ BEGIN
         FROM locked
         WHERE j.id = locked.id
         RETURNING j.id, j.kind, j.queue, j.payload, j.priority, j.attempts, j.max_attempts,
-                  j.run_at, j.created_at, j.unique_key, j.metadata, j.timeout_seconds,
-                  j.tenant, j.ordering_key
+                  {schema}.finite_time(j.run_at), j.created_at, j.unique_key, j.metadata,
+                  j.timeout_seconds, j.tenant, j.ordering_key
     ),
     spent AS (  -- take a token for each start under a rate limit
         INSERT INTO {schema}.buckets AS b (scope, name, tokens, refilled_at)
@@ -311,8 +323,8 @@ BEGIN
     FROM next
     WHERE j.id = next.id
     RETURNING j.id, j.kind, j.queue, j.payload, j.priority, j.attempts, j.max_attempts,
-              j.run_at, j.created_at, j.unique_key, j.metadata, j.timeout_seconds,
-              j.tenant, j.ordering_key;
+              {schema}.finite_time(j.run_at), j.created_at, j.unique_key, j.metadata,
+              j.timeout_seconds, j.tenant, j.ordering_key;
 END
 $$;
 
@@ -388,6 +400,11 @@ BEGIN
         RAISE EXCEPTION 'outbox: timeout must be more than 0 and at most 604800 seconds, got %', enqueue.timeout
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    IF enqueue.run_at IS NOT NULL AND NOT (enqueue.run_at >= '1970-01-01 00:00:00+00'
+                                           AND enqueue.run_at < '9000-01-01 00:00:00+00') THEN
+        RAISE EXCEPTION 'outbox: run_at must be from 1970-01-01 to before 9000-01-01 (UTC), got %', enqueue.run_at
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     IF enqueue.tenant IS NOT NULL AND NOT (octet_length(enqueue.tenant) BETWEEN 1 AND 128
                                            AND enqueue.tenant !~ '[[:cntrl:]]') THEN
         RAISE EXCEPTION 'outbox: tenant must be 1 to 128 bytes without control characters'
@@ -427,12 +444,21 @@ COMMENT ON FUNCTION {schema}.enqueue IS
 -- later job of the key waits behind it. Cancel the head to let the key move on.
 CREATE VIEW {schema}.blocked_keys AS
 SELECT DISTINCT ON (j.ordering_key)
-       j.ordering_key, j.id AS head_id, j.kind, j.tenant, j.state, j.attempts, j.run_at, j.last_error,
+       j.ordering_key, j.id AS head_id, j.kind, j.tenant, j.state, j.attempts,
+       {schema}.finite_time(j.run_at) AS run_at, j.last_error,
        (SELECT count(*) FROM {schema}.jobs w
         WHERE w.ordering_key = j.ordering_key AND w.state = 'pending' AND w.id > j.id) AS waiting
 FROM {schema}.jobs j
 WHERE j.ordering_key IS NOT NULL AND j.state IN ('pending', 'running')
 ORDER BY j.ordering_key, j.id;
+
+-- Ages from run_at through finite_time(): one row with an infinite run_at no longer breaks it.
+CREATE OR REPLACE VIEW {schema}.job_counts AS
+SELECT queue, kind, state, count(*) AS jobs,
+       max(now() - {schema}.finite_time(run_at)) FILTER (WHERE state = 'pending' AND run_at <= now())
+           AS oldest_runnable_age
+FROM {schema}.jobs
+GROUP BY queue, kind, state;
 
 COMMENT ON VIEW {schema}.blocked_keys IS
     'Per ordering key with unfinished jobs: its head job and how many wait behind it.';

@@ -7,7 +7,7 @@
 SELECT queue, kind,
        CASE WHEN state = 'pending' AND run_at > now() THEN 'scheduled' ELSE state::text END,
        count(*),
-       extract(epoch FROM now() - min(run_at) FILTER (WHERE state = 'pending' AND run_at <= now()))::float8
+       extract(epoch FROM now() - min({schema}.finite_time(run_at)) FILTER (WHERE state = 'pending' AND run_at <= now()))::float8
 FROM {schema}.jobs
 WHERE (state = 'pending' AND tenant IS NULL) OR (state = 'pending' AND tenant IS NOT NULL)
    OR state = 'running'

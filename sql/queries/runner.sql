@@ -106,7 +106,7 @@ RETURNING id
 -- name: seconds_until_due
 -- For one-shot runs: how long until the earliest pending job of these kinds (and queues) is
 -- due, in seconds (negative: due already); NULL when none is pending.
-SELECT extract(epoch FROM min(run_at) - now())::float8
+SELECT extract(epoch FROM min({schema}.finite_time(run_at)) - now())::float8
 FROM {schema}.jobs
 WHERE ((state = 'pending' AND tenant IS NULL) OR (state = 'pending' AND tenant IS NOT NULL))
   AND kind = ANY(%(kinds)s::text[])

@@ -28,7 +28,7 @@ ORDER BY started_at, id
 -- name: unhandled_kinds
 -- Runnable pending jobs of a kind (in a queue) that no live runner serves: a typo in a kind,
 -- or a deploy that forgot a handler. One pass over the pending jobs.
-SELECT j.kind, count(*), extract(epoch FROM now() - min(j.run_at))::float8
+SELECT j.kind, count(*), extract(epoch FROM now() - min({schema}.finite_time(j.run_at)))::float8
 FROM {schema}.jobs j
 WHERE ((j.state = 'pending' AND j.tenant IS NULL) OR (j.state = 'pending' AND j.tenant IS NOT NULL))
   AND j.run_at <= now()

@@ -1,7 +1,8 @@
 -- Status: what happened to a job, and how many wait or failed per queue and kind.
 
 -- name: get_job
-SELECT id, kind, queue, payload, state, priority, attempts, max_attempts, run_at, created_at,
+SELECT id, kind, queue, payload, state, priority, attempts, max_attempts,
+       {schema}.finite_time(run_at), created_at,
        finished_at, leased_until, leased_by, last_error, errors, unique_key, result, metadata,
        timeout_seconds, attempted_at, updated_at, tenant, ordering_key
 FROM {schema}.jobs
@@ -9,7 +10,8 @@ WHERE id = %s
 
 -- name: list_jobs
 -- Newest first; the next page starts below the last id seen.
-SELECT id, kind, queue, payload, state, priority, attempts, max_attempts, run_at, created_at,
+SELECT id, kind, queue, payload, state, priority, attempts, max_attempts,
+       {schema}.finite_time(run_at), created_at,
        finished_at, leased_until, leased_by, last_error, errors, unique_key, result, metadata,
        timeout_seconds, attempted_at, updated_at, tenant, ordering_key
 FROM {schema}.jobs
@@ -35,7 +37,7 @@ SELECT queue, kind,
        count(*) FILTER (WHERE state = 'pending' AND run_at <= now()) AS available,
        count(*) FILTER (WHERE state = 'pending' AND run_at > now()) AS scheduled,
        count(*) FILTER (WHERE state = 'running') AS running,
-       extract(epoch FROM now() - min(run_at) FILTER (WHERE state = 'pending' AND run_at <= now()))
+       extract(epoch FROM now() - min({schema}.finite_time(run_at)) FILTER (WHERE state = 'pending' AND run_at <= now()))
            ::float8 AS oldest_available_age
 FROM {schema}.jobs
 WHERE (state = 'pending' AND tenant IS NULL) OR (state = 'pending' AND tenant IS NOT NULL)
