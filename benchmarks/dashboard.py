@@ -70,7 +70,7 @@ def fill(dsn: str, schema: str, finished: int) -> int:
 
 
 async def measure(dsn: str, schema: str, job: int) -> list[tuple[str, float, int]]:
-    app = create_app(dsn=dsn, outbox=Outbox(schema=schema), read_only=True)
+    app = create_app(dsn=dsn, outbox=Outbox(schema=schema), read_only=True, allowed_hosts=["bench"])
     results = []
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:

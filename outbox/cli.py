@@ -825,6 +825,14 @@ def dashboard(
     read_only: Annotated[
         bool, typer.Option("--read-only", help="Hide every action; refuse every POST.")
     ] = False,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allowed-host",
+            help="A host name the dashboard answers to (repeatable; default: the bind "
+            "address and localhost). Requests for any other get 400.",
+        ),
+    ] = None,
 ) -> None:
     """Serve the web dashboard (needs outbox-runner[dashboard]); it has no login of its own."""
     url = _require_dsn(dsn)
@@ -841,7 +849,8 @@ def dashboard(
     typer.echo(f"outbox dashboard on http://{shown}:{port}/ (schema {ob.schema!r}; Ctrl-C stops)")
     if host not in ("127.0.0.1", "localhost", "::1"):
         typer.echo(f"outbox: serving on {host}: put it behind your own authentication", err=True)
-    web = create_app(dsn=url, outbox=ob, read_only=read_only)
+    hosts = allowed_host or [h for h in dict.fromkeys([host, "localhost", "127.0.0.1", "::1"])]
+    web = create_app(dsn=url, outbox=ob, read_only=read_only, allowed_hosts=hosts)
     # uvicorn stops gracefully on SIGTERM/SIGINT, then raises the signal again against the
     # handlers it found: with these, that second delivery ends nothing and the exit code is 0.
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -18,7 +18,7 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from outbox import queries
-from outbox.db import run
+from outbox.db import check_dsn, run
 from outbox.observe import JobEvent, get_logger
 from outbox.queries import check_schema_name
 from outbox.runners import list_runners_plan, unhandled_kinds_plan
@@ -164,6 +164,8 @@ class QueueCollector:
             raise ValueError("give the QueueCollector a dsn or a pool (one of them)")
         if not cache_seconds >= 0 or not timeout > 0:
             raise ValueError("cache_seconds must be >= 0 and timeout > 0")
+        if dsn is not None:
+            check_dsn(dsn)  # refused now, without echoing it, rather than logged at each scrape
         self.dsn = dsn
         self.pool = pool
         self.schema = check_schema_name(schema)

@@ -49,6 +49,12 @@ _LABEL_DISALLOWED = re.compile(r"[^a-z0-9_.-]+")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 _URL_SECRET = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/@]*:)(?!\*\*\*@)[^\s@]+@")
 """The secret of ``scheme://user:secret@host`` (left as ``user:***@``)."""
+_CONNINFO_QUOTE = re.compile(
+    r"((?:invalid percent-encoded token|invalid connection option|missing \"=\" after|"
+    r"unterminated quoted string in connection info string|invalid URI query parameter|"
+    r"unexpected spaces found in)[^\"]*)\"[^\"]*\""
+)
+"""libpq's DSN parse errors quote a piece of the DSN, which may hold the password."""
 _PASSWORD_SETTING = re.compile(
     r"(\bpassword\s*=\s*)(?!\*\*\*(?:\s|$))(?:'[^']*'|\S+)", re.IGNORECASE
 )
@@ -118,6 +124,7 @@ def safe_failure_message(error: BaseException | str, *, limit: int = FAILURE_MES
     text = text.encode("utf-8", "replace").decode("utf-8")
     text = _CONTROL.sub(" ", text).strip()
     text = _URL_SECRET.sub(r"\1***@", text)
+    text = _CONNINFO_QUOTE.sub(r'\1"…"', text)
     text = _PASSWORD_SETTING.sub(r"\1***", text)
     return _cut_utf8(text, limit).rstrip()
 

@@ -84,7 +84,7 @@ def test_a_bad_row_breaks_no_command(dsn, ob, conn, bad_rows):
 
 
 async def test_a_bad_row_breaks_no_page_or_metric(dsn, ob, bad_rows):
-    app = create_app(dsn=dsn, outbox=ob)
+    app = create_app(dsn=dsn, outbox=ob, allowed_hosts=["dash.test"])
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="http://dash.test"
     ) as http:

@@ -7,13 +7,14 @@ import re
 import httpx
 import pytest
 
+from outbox import ConfigurationError
 from outbox.dashboard import PAGE_SIZE, create_app
 from outbox.dashboard.csrf import COOKIE
 
 
 @pytest.fixture
 async def client(dsn, ob):
-    app = create_app(dsn=dsn, outbox=ob)
+    app = create_app(dsn=dsn, outbox=ob, allowed_hosts=["dash.test"])
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="http://dash.test"
     ) as http:
@@ -23,7 +24,7 @@ async def client(dsn, ob):
 
 @pytest.fixture
 async def read_only_client(dsn, ob):
-    app = create_app(dsn=dsn, outbox=ob, read_only=True)
+    app = create_app(dsn=dsn, outbox=ob, read_only=True, allowed_hosts=["dash.test"])
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="http://dash.test"
     ) as http:
@@ -200,3 +201,44 @@ def test_the_dashboard_needs_a_dsn_or_a_pool():
 
     with pytest.raises(ConfigurationError, match="dsn or a pool"):
         create_app()
+
+
+async def test_a_dns_rebinding_request_is_refused_and_changes_nothing(client, ob, conn):
+    job_id = ob.enqueue(conn, "k", {"secret": "payload"})
+    page = await client.get(f"/jobs/{job_id}")
+    evil = {"host": "rebind.evil.example", "origin": "http://rebind.evil.example"}
+    read = await client.get(f"/jobs/{job_id}", headers=evil)
+    assert read.status_code == 400 and "payload" not in read.text
+    cancel = await client.post(
+        "/actions",
+        data={"csrf_token": token(page), "job_id": job_id, "action": "cancel", "back": "job"},
+        headers=evil,
+    )
+    assert cancel.status_code == 400
+    assert ob.get_job(conn, job_id).state == "pending"
+
+
+async def test_pages_with_job_data_are_never_cached(client, ob, conn):
+    job_id = ob.enqueue(conn, "k")
+    for url in ("/", "/jobs", f"/jobs/{job_id}", "/flow", "/runners"):
+        assert (await client.get(url)).headers["cache-control"] == "no-store", url
+
+
+async def test_a_dashboard_whose_database_is_down_answers_503_quickly():
+    import time
+
+    app = create_app(dsn="postgresql://postgres@127.0.0.1:1/none", allowed_hosts=["dash.test"])
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://dash.test"
+    ) as http:
+        started = time.monotonic()
+        page = await http.get("/")
+    assert page.status_code == 503
+    assert "cannot reach its database" in page.text
+    assert time.monotonic() - started < 6
+
+
+def test_allowed_hosts_must_be_names():
+    for bad in ("localhost", [], [""], [None]):
+        with pytest.raises(ConfigurationError, match="allowed_hosts"):
+            create_app(dsn="postgresql://x@127.0.0.1/x", allowed_hosts=bad)

@@ -10,14 +10,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
 from jinja2 import Environment, PackageLoader, select_autoescape
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
@@ -25,17 +27,27 @@ from starlette.staticfiles import StaticFiles
 
 from outbox.client import Outbox
 from outbox.dashboard import csrf
-from outbox.errors import ConfigurationError, DuplicateJobError, InvalidOptionError, OutboxError
+from outbox.db import check_dsn
+from outbox.errors import (
+    ConfigurationError,
+    DatabaseUnavailableError,
+    DuplicateJobError,
+    InvalidOptionError,
+    OutboxError,
+)
 from outbox.models import Job, JobState
 from outbox.status import OVERVIEW_STATES
 
-__all__ = ["PAGE_SIZE", "create_app"]
+__all__ = ["LOCAL_HOSTS", "PAGE_SIZE", "create_app"]
 
 PAGE_SIZE = 50
 """Jobs on one page of the job list."""
 
 ACTIONS = ("retry", "cancel", "discard")
 """What the forms can do to a job."""
+
+CONNECT_TIMEOUT_SECONDS = 3
+"""How long the dashboard waits for its database before answering 503."""
 
 STATEMENT_TIMEOUT_MS = 5000
 """The longest a statement of the dashboard's own pool may run."""
@@ -66,13 +78,21 @@ class _Database:
                         max_size=4,
                         kwargs={
                             "autocommit": True,
+                            "connect_timeout": CONNECT_TIMEOUT_SECONDS,
                             "application_name": "outbox dashboard",
                             # A page must never keep the database busy for long.
                             "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
                         },
                         open=False,
                     )
-                    await pool.open(wait=True, timeout=10)
+                    try:
+                        await pool.open(wait=True, timeout=CONNECT_TIMEOUT_SECONDS + 1)
+                    except PoolTimeout:
+                        await pool.close()
+                        raise DatabaseUnavailableError(
+                            "the dashboard cannot reach its database: check that Postgres is "
+                            "up and the DSN is right"
+                        ) from None
                     self.pool, self.own = pool, True
         return self.pool
 
@@ -82,6 +102,10 @@ class _Database:
             self.pool = None
 
 
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
+"""The hosts the dashboard answers to unless told others."""
+
+
 def create_app(
     *,
     dsn: str | None = None,
@@ -89,14 +113,28 @@ def create_app(
     outbox: Outbox | None = None,
     read_only: bool = False,
     title: str = "outbox",
+    allowed_hosts: Sequence[str] = LOCAL_HOSTS,
 ) -> Starlette:
     """Build the dashboard, to mount in your app (behind your own auth) or serve on its own.
 
     Give it a ``dsn`` (it opens a small pool of its own on first use) or your ``pool``
     (autocommit connections). ``read_only`` hides every action and refuses every POST.
+    ``allowed_hosts`` are the names it answers to (the ``Host`` header; ``*.example.com``
+    patterns allowed): any other gets 400, which stops DNS-rebinding attacks. Mounted under a
+    public name, list that name.
     """
     if (dsn is None) == (pool is None):
         raise ConfigurationError("give the dashboard a dsn or a pool (one of them)")
+    if dsn is not None:
+        check_dsn(dsn)
+    if (
+        isinstance(allowed_hosts, str)
+        or not all(isinstance(h, str) and h for h in allowed_hosts)
+        or not allowed_hosts
+    ):
+        raise ConfigurationError(
+            f"allowed_hosts must be a list of host names, got {allowed_hosts!r}"
+        )
     ob = outbox or Outbox()
     db = _Database(dsn, pool)
     env = Environment(
@@ -122,6 +160,7 @@ def create_app(
         )
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Referrer-Policy"] = "same-origin"
+        response.headers["Cache-Control"] = "no-store"  # pages hold job data
         return response
 
     def page(
@@ -245,7 +284,8 @@ def create_app(
         yield
         await db.close()
 
-    app = Starlette(routes=routes, lifespan=lifespan)
+    hosts = Middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=[hosts])
     app.state.database = db
     return app
 
