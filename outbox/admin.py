@@ -13,10 +13,12 @@ from outbox.safety import safe_failure_message
 __all__ = [
     "RETRYABLE_STATES",
     "RETRY_BATCH",
+    "ROLES",
     "cancel_plan",
     "count_plan",
     "discard_plan",
     "flush_plan",
+    "grant_plan",
     "retry_many_plan",
     "retry_plan",
     "unfinished_plan",
@@ -153,3 +155,17 @@ def count_plan(
     params = {"state": JobState(state).value, "kind": kind, "queue": queue}
     rows = yield Statement(queries.query("count_jobs", schema), params)
     return int(rows[0][0])
+
+
+ROLES = ("enqueuer", "runner", "reader")
+"""What ``grant`` can make a role: may only enqueue; may run jobs; may only read."""
+
+
+def grant_plan(schema: str, grants: Sequence[tuple[str, str]]) -> Plan[None]:
+    """Grant each (part, role) pair: ``part`` one of ROLES, ``role`` an existing role's name."""
+    for part, role in grants:
+        if part not in ROLES:
+            raise InvalidOptionError(f"a role is granted one of {ROLES}, not {part!r}")
+        if not isinstance(role, str) or not 1 <= len(role) <= 63 or "\x00" in role:
+            raise InvalidOptionError(f"a role name is 1 to 63 characters, got {role!r}")
+        yield Statement(queries.query(f"grant_{part}", schema), (role,))

@@ -324,6 +324,25 @@ def limits(
     Console(width=200).print(table)
 
 
+@app.command()
+def grant(
+    enqueuer: Annotated[
+        str | None, typer.Option(help="A role that may only enqueue (through the function).")
+    ] = None,
+    runner: Annotated[str | None, typer.Option(help="A role that runs jobs.")] = None,
+    reader: Annotated[str | None, typer.Option(help="A role that may only read.")] = None,
+    dsn: DsnOption = None,
+    schema: SchemaOption = DEFAULT_SCHEMA,
+) -> None:
+    """Give existing roles least-privilege rights on the schema (run as its owner)."""
+    ob = _outbox(schema)
+    with _connect(dsn) as conn, _errors():
+        ob.grant(conn, enqueuer=enqueuer, runner=runner, reader=reader)
+    for part, role in (("enqueuer", enqueuer), ("runner", runner), ("reader", reader)):
+        if role is not None:
+            typer.echo(f"granted {part} rights on schema {ob.schema!r} to {role!r}")
+
+
 @app.command("set-limit")
 def set_limit(
     kind: KindOption = None,

@@ -58,6 +58,11 @@ class Outbox:
     payloads: Mapping[str, type[BaseModel]] | None = field(default=None, hash=False)
     """Pydantic models by kind (``mux.payload_models()``): enqueue validates those kinds'
     payloads before writing (``InvalidPayloadError``)."""
+    enqueue_via_function: bool = False
+    """Enqueue through the SQL function ``<schema>.enqueue()``, which runs with its owner's
+    rights: what a role that may only enqueue needs (see ``outbox grant``). Slower for bulk
+    (no COPY); a live duplicate unique_key returns the existing id (``if_exists="raise"`` is
+    not available)."""
 
     def __post_init__(self) -> None:
         check_schema_name(self.schema)
@@ -163,6 +168,12 @@ class Outbox:
         )
         if if_exists not in ("return", "raise"):
             raise ConfigurationError(f"if_exists must be 'return' or 'raise', got {if_exists!r}")
+        if self.enqueue_via_function:
+            if if_exists == "raise":
+                raise ConfigurationError(
+                    "if_exists='raise' is not available with enqueue_via_function=True"
+                )
+            return self._run(conn, _enqueue.enqueue_via_function_plan(self.schema, row))
         return self._run(conn, _enqueue.enqueue_plan(self.schema, row, if_exists))
 
     @overload
@@ -180,6 +191,8 @@ class Outbox:
         rows = _enqueue.prepare_many(
             jobs, max_payload_bytes=self.max_payload_bytes, queues=self.queues, models=self.payloads
         )
+        if self.enqueue_via_function:
+            return self._run(conn, _enqueue.enqueue_many_via_function_plan(self.schema, rows))
         return self._run(conn, _enqueue.enqueue_many_plan(self.schema, rows))
 
     @overload
@@ -376,6 +389,34 @@ class Outbox:
                 "flush needs kind= or queue= (or everything=True to delete every unfinished job)"
             )
         return self._run(conn, _admin.flush_plan(self.schema, kind, queue))
+
+    @overload
+    def grant(
+        self, conn: SyncConn, *, enqueuer: str | None = ..., runner: str | None = ...,
+        reader: str | None = ...,
+    ) -> None: ...  # fmt: skip
+    @overload
+    def grant(
+        self, conn: AsyncConn, *, enqueuer: str | None = ..., runner: str | None = ...,
+        reader: str | None = ...,
+    ) -> Awaitable[None]: ...  # fmt: skip
+    def grant(
+        self, conn: AnyConnection, *, enqueuer: str | None = None, runner: str | None = None,
+        reader: str | None = None,
+    ) -> Awaitable[None] | None:  # fmt: skip
+        """Give existing roles what one part of outbox needs, and nothing more.
+
+        ``enqueuer`` may only call the SQL function ``enqueue()`` (use it with
+        ``Outbox(enqueue_via_function=True)``) and sees no job; ``runner`` may lease, record,
+        enqueue and prune, but not alter or drop anything, nor change limits; ``reader`` may
+        read everything (status, metrics, a read-only dashboard) and change nothing. Run as the
+        schema's owner, and again after a migration.
+        """
+        grants = [(p, r) for p, r in (("enqueuer", enqueuer), ("runner", runner),
+                                      ("reader", reader)) if r is not None]  # fmt: skip
+        if not grants:
+            raise InvalidOptionError("name a role: enqueuer=, runner= or reader=")
+        return self._run(conn, _admin.grant_plan(self.schema, grants))
 
     @overload
     def set_limit(

@@ -42,7 +42,9 @@ __all__ = [
     "JobRow",
     "check_label",
     "enqueue_many_plan",
+    "enqueue_many_via_function_plan",
     "enqueue_plan",
+    "enqueue_via_function_plan",
     "prepare",
     "prepare_many",
 ]
@@ -308,6 +310,40 @@ def enqueue_plan(schema: str, job: JobRow, if_exists: IfExists) -> Plan[int]:
                 )
             return existing
         # The live job finished between the two statements: insert again.
+
+
+def _function_args(job: JobRow) -> tuple[Any, ...]:
+    # The SQL function takes run_at or delay (seconds after the database's now), not both.
+    return (
+        job.kind, job.payload, job.run_at, job.max_attempts, job.priority, job.queue,
+        job.unique_key, job.timeout, job.tenant, job.ordering_key,
+        None if job.run_at is not None else job.delay, job.metadata,
+    )  # fmt: skip
+
+
+def enqueue_via_function_plan(schema: str, job: JobRow) -> Plan[int]:
+    """Insert one job through the SQL function ``enqueue()``, with its owner's rights.
+
+    What a role that may only enqueue uses (``Outbox(enqueue_via_function=True)``). For a live
+    unique_key the function returns the existing job's id.
+    """
+    rows = yield Statement(queries.query("enqueue_via_function", schema), _function_args(job))
+    return int(rows[0][0])
+
+
+def enqueue_many_via_function_plan(schema: str, rows: list[JobRow]) -> Plan[list[int]]:
+    """Insert many jobs through the SQL function: one id per job, in input order."""
+    if not rows:
+        return []
+    columns = list(zip(*(_function_args(r) for r in rows), strict=True))
+    # unnest's column order: kind, queue, payload, priority, max_attempts, run_at, delay,
+    # unique_key, metadata, timeout, tenant, ordering_key.
+    k, p, ra, ma, pr, q, uk, ts, tn, ok, d, m = columns
+    result = yield Statement(
+        queries.query("enqueue_many_via_function", schema),
+        [list(c) for c in (k, q, p, pr, ma, ra, d, uk, m, ts, tn, ok)],
+    )
+    return [int(row[0]) for row in result]
 
 
 def _typed(kind: str, payload: Any, models: Mapping[str, type[BaseModel]]) -> Any:

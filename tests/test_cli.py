@@ -478,3 +478,20 @@ def test_blocked_keys_lists_a_key_whose_head_waits_for_a_retry(dsn, ob, conn):
     )
     table = outbox_cmd("blocked-keys", "--schema", ob.schema, dsn=dsn).stdout
     assert "order-42" in table and "E: down" in table
+
+
+def test_grant_gives_a_role_its_rights_from_the_command_line(dsn, ob, conn):
+    name = f"r_{uuid.uuid4().hex[:10]}"
+    conn.execute(f'CREATE ROLE "{name}" LOGIN')
+    try:
+        done = outbox_cmd("grant", "--reader", name, "--schema", ob.schema, dsn=dsn)
+        assert done.returncode == 0, done.stderr
+        assert f"granted reader rights on schema {ob.schema!r} to {name!r}" in done.stdout
+        as_reader = psycopg.conninfo.make_conninfo(dsn, user=name)
+        status = outbox_cmd("status", "--json", "--schema", ob.schema, dsn=as_reader)
+        assert status.returncode == 0, status.stderr
+        missing = outbox_cmd("grant", "--reader", "no_such_role_x", "--schema", ob.schema, dsn=dsn)
+        assert missing.returncode != 0 and "no_such_role_x" in missing.stderr
+    finally:
+        conn.execute(f'DROP OWNED BY "{name}"')
+        conn.execute(f'DROP ROLE "{name}"')

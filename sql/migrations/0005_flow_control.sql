@@ -346,7 +346,8 @@ $$;
 
 DROP FUNCTION {schema}.enqueue(text, jsonb, timestamptz, integer, integer, text, text, double precision);
 -- enqueue from SQL (triggers, other languages): the same rules as the Python enqueue, now with
--- tenant and ordering_key.
+-- tenant, ordering_key, delay (seconds after now; not with run_at) and metadata (outbox's own
+-- facts about the job, such as the trace context: Python passes it when it enqueues through here).
 -- The payload limit is the setting outbox.max_payload_bytes, 1 MiB when unset.
 CREATE FUNCTION {schema}.enqueue(
     kind         text,
@@ -358,7 +359,9 @@ CREATE FUNCTION {schema}.enqueue(
     unique_key   text DEFAULT NULL,
     timeout      double precision DEFAULT NULL,
     tenant       text DEFAULT NULL,
-    ordering_key text DEFAULT NULL
+    ordering_key text DEFAULT NULL,
+    delay        double precision DEFAULT NULL,
+    metadata     jsonb DEFAULT NULL
 ) RETURNS bigint
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
@@ -400,6 +403,11 @@ BEGIN
         RAISE EXCEPTION 'outbox: timeout must be more than 0 and at most 604800 seconds, got %', enqueue.timeout
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    IF enqueue.delay IS NOT NULL AND (enqueue.run_at IS NOT NULL
+                                      OR NOT (enqueue.delay >= 0 AND enqueue.delay <= 31557600000)) THEN
+        RAISE EXCEPTION 'outbox: delay must be from 0 to 1000 years of seconds, without run_at, got %', enqueue.delay
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     IF enqueue.run_at IS NOT NULL AND NOT (enqueue.run_at >= '1970-01-01 00:00:00+00'
                                            AND enqueue.run_at < '9000-01-01 00:00:00+00') THEN
         RAISE EXCEPTION 'outbox: run_at must be from 1970-01-01 to before 9000-01-01 (UTC), got %', enqueue.run_at
@@ -419,9 +427,11 @@ BEGIN
     -- A live job with the same key may finish between the INSERT and the SELECT: then insert again.
     LOOP
         INSERT INTO {schema}.jobs AS j (kind, queue, payload, priority, max_attempts, run_at, unique_key,
-                                        timeout_seconds, tenant, ordering_key)
-        VALUES (k, q, body, enqueue.priority, enqueue.max_attempts, coalesce(enqueue.run_at, now()),
-                enqueue.unique_key, enqueue.timeout, enqueue.tenant, enqueue.ordering_key)
+                                        timeout_seconds, tenant, ordering_key, metadata)
+        VALUES (k, q, body, enqueue.priority, enqueue.max_attempts,
+                coalesce(enqueue.run_at, now() + make_interval(secs => coalesce(enqueue.delay, 0))),
+                enqueue.unique_key, enqueue.timeout, enqueue.tenant, enqueue.ordering_key,
+                enqueue.metadata)
         ON CONFLICT (kind, unique_key) WHERE unique_key IS NOT NULL AND state IN ('pending', 'running')
         DO NOTHING
         RETURNING j.id INTO new_id;

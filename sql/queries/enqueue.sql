@@ -45,3 +45,16 @@ FROM STDIN
 COPY {schema}.jobs (id, kind, queue, payload, priority, max_attempts, metadata, timeout_seconds, tenant,
                    ordering_key)
 FROM STDIN
+
+-- name: enqueue_via_function
+-- Through the SECURITY DEFINER function: for a role that may only enqueue (see migration 0006).
+SELECT {schema}.enqueue(%s, %s::jsonb, %s::timestamptz, %s, %s, %s, %s, %s::float8, %s, %s,
+                        %s::float8, %s::jsonb)
+
+-- name: enqueue_many_via_function
+-- The same for many jobs, in input order; a live duplicate's existing id comes back for it.
+SELECT {schema}.enqueue(k, p::jsonb, ra, ma, pr, q, uk, ts, tn, ok, d, m::jsonb)
+FROM unnest(%s::text[], %s::text[], %s::text[], %s::int4[], %s::int4[], %s::timestamptz[],
+            %s::float8[], %s::text[], %s::text[], %s::float8[], %s::text[], %s::text[])
+     WITH ORDINALITY AS t (k, q, p, pr, ma, ra, d, uk, m, ts, tn, ok, n)
+ORDER BY n
