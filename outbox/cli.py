@@ -100,6 +100,14 @@ SchemaOption = Annotated[
     str, typer.Option("--schema", envvar="OUTBOX_SCHEMA", help="The outbox's Postgres schema.")
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+PgBouncerOption = Annotated[
+    bool,
+    typer.Option(
+        "--pgbouncer",
+        envvar="OUTBOX_PGBOUNCER",
+        help="The DSN goes through PgBouncer in transaction mode: make no session settings.",
+    ),
+]
 
 
 EXIT_NOT_FIXABLE = 3
@@ -134,7 +142,8 @@ def _require_dsn(dsn: str | None) -> str:
 def _connect(dsn: str | None) -> Iterator[psycopg.Connection[Any]]:
     url = _require_dsn(dsn)
     try:
-        conn = psycopg.connect(url, autocommit=True, connect_timeout=10)
+        # No prepared statements: the command may reach Postgres through PgBouncer.
+        conn = psycopg.connect(url, autocommit=True, connect_timeout=10, prepare_threshold=None)
     except psycopg.Error as exc:
         _fail(f"cannot connect to the database: {str(exc).strip()}")
     with conn:
@@ -744,6 +753,15 @@ def run(
         float | None,
         typer.Option(min=0, show_default=False, help="With --once: stop after this long."),
     ] = None,
+    pgbouncer: PgBouncerOption = False,
+    listen_dsn: Annotated[
+        str | None,
+        typer.Option(
+            envvar="OUTBOX_LISTEN_DSN",
+            show_default=False,
+            help="A direct DSN to Postgres for LISTEN, when --dsn goes through PgBouncer.",
+        ),
+    ] = None,
 ) -> None:
     """Run jobs until SIGTERM or SIGINT (a second signal stops at once).
 
@@ -766,6 +784,8 @@ def run(
                 lease_seconds=lease,
                 shutdown_timeout=shutdown_timeout,
                 wait_for_db=wait_for_db,
+                pgbouncer=pgbouncer,
+                listen_dsn=listen_dsn,
             )
         close_sink = _add_observers(runner, dsn, metrics_port, metrics_addr, error_sink)
     probes = None
@@ -852,6 +872,7 @@ def dashboard(
             "address and localhost). Requests for any other get 400.",
         ),
     ] = None,
+    pgbouncer: PgBouncerOption = False,
 ) -> None:
     """Serve the web dashboard (needs outbox-runner[dashboard]); it has no login of its own."""
     url = _require_dsn(dsn)
@@ -869,7 +890,9 @@ def dashboard(
     if host not in ("127.0.0.1", "localhost", "::1"):
         typer.echo(f"outbox: serving on {host}: put it behind your own authentication", err=True)
     hosts = allowed_host or [h for h in dict.fromkeys([host, "localhost", "127.0.0.1", "::1"])]
-    web = create_app(dsn=url, outbox=ob, read_only=read_only, allowed_hosts=hosts)
+    web = create_app(
+        dsn=url, outbox=ob, read_only=read_only, allowed_hosts=hosts, pgbouncer=pgbouncer
+    )
     # uvicorn stops gracefully on SIGTERM/SIGINT, then raises the signal again against the
     # handlers it found: with these, that second delivery ends nothing and the exit code is 0.
     for sig in (signal.SIGTERM, signal.SIGINT):

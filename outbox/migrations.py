@@ -85,6 +85,11 @@ def _concurrently_plan(schema: str, in_transaction: bool) -> Plan[None]:
         yield Statement(queries.query("finish_concurrently", q), (migration.version,))
 
 
+def _any_pending(schema: str) -> Plan[bool]:
+    rows = yield Statement(queries.query("pending_concurrently", queries.check_schema_name(schema)))
+    return bool(rows)
+
+
 def _session_lock(schema: str, take: bool) -> Plan[None]:
     name = "migrate_session_lock" if take else "migrate_session_unlock"
     yield Statement(queries.query(name, schema), (schema,))
@@ -97,6 +102,8 @@ def migrate_sync(conn: psycopg.Connection[Any], schema: str) -> list[int]:
     if conn.info.transaction_status != TransactionStatus.IDLE:
         run(conn, _concurrently_plan(schema, in_transaction=True))
         return done
+    if not run(conn, _any_pending(schema)):
+        return done  # the common case: no lock, no setting changed
     autocommit = conn.autocommit
     conn.autocommit = True
     try:
@@ -118,6 +125,8 @@ async def migrate_async(conn: psycopg.AsyncConnection[Any], schema: str) -> list
         done = await arun(conn, _migrate_plan(schema))
     if conn.info.transaction_status != TransactionStatus.IDLE:
         await arun(conn, _concurrently_plan(schema, in_transaction=True))
+        return done
+    if not await arun(conn, _any_pending(schema)):
         return done
     autocommit = conn.autocommit
     await conn.set_autocommit(True)

@@ -257,11 +257,16 @@ class PgStore:
         pool: AsyncConnectionPool[Any] | None = None,
         application_name: str = "outbox",
         synchronous_commit: bool = False,
+        pgbouncer: bool = False,
+        listen_dsn: str | None = None,
     ) -> None:
         if (dsn is None) == (pool is None):
             raise ConfigurationError("give the store a dsn or a pool (one of them)")
-        if dsn is not None:
-            check_dsn(dsn)
+        for given in (dsn, listen_dsn):
+            if given is not None:
+                check_dsn(given)
+        self._pgbouncer = pgbouncer
+        self._listen_dsn = listen_dsn
         self.schema = queries.check_schema_name(schema)
         self._dsn = dsn
         self._given_pool = pool
@@ -330,7 +335,9 @@ class PgStore:
 
     async def _configure(self, conn: psycopg.AsyncConnection[Any]) -> None:
         set_json_loads(orjson.loads, conn)
-        if not self._synchronous_commit:
+        # Behind PgBouncer a session setting would stay on the server connection, for the
+        # clients that get it next: none is made there.
+        if not self._synchronous_commit and not self._pgbouncer:
             # The runner's bookkeeping need not wait for the WAL flush: a database crash can
             # forget its last writes, and those jobs run again, as after a runner crash.
             # Enqueues keep the durability of the caller's own transaction.
@@ -381,7 +388,12 @@ class PgStore:
         conninfo = str(conninfo)
         given = psycopg.conninfo.conninfo_to_dict(conninfo)
         defaults = {k: v for k, v in CONNECTION_DEFAULTS.items() if k not in given}
-        return conninfo, {**defaults, **kwargs, "application_name": self._application_name}
+        # No server-side prepared statements: PgBouncer in transaction mode (before 1.21) cannot
+        # keep them, and for statements that each carry a batch they save next to nothing.
+        return conninfo, {
+            **defaults, **kwargs, "application_name": self._application_name,
+            "prepare_threshold": None,
+        }  # fmt: skip
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
@@ -555,9 +567,13 @@ class PgStore:
         It yields once right after LISTEN: notifications sent while no one listened are lost.
         """
         listen = queries.query("listen", self.schema)
+        if self._pgbouncer and self._listen_dsn is None:
+            # LISTEN needs a session, which PgBouncer's transaction mode does not keep: without
+            # a direct listen_dsn the runner polls, and this never yields.
+            await asyncio.Event().wait()
         with _translated("listening for new jobs failed"):
             async with await psycopg.AsyncConnection.connect(
-                self._conninfo, autocommit=True, **self._connect_kwargs
+                self._listen_dsn or self._conninfo, autocommit=True, **self._connect_kwargs
             ) as conn:
                 await conn.execute(listen)
                 yield

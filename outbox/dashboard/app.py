@@ -65,6 +65,7 @@ class _Database:
 
     dsn: str | None
     pool: AsyncConnectionPool[Any] | None
+    pgbouncer: bool = False
     own: bool = False
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -80,8 +81,14 @@ class _Database:
                             "autocommit": True,
                             "connect_timeout": CONNECT_TIMEOUT_SECONDS,
                             "application_name": "outbox dashboard",
-                            # A page must never keep the database busy for long.
-                            "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
+                            "prepare_threshold": None,
+                            # A page must never keep the database busy for long. PgBouncer
+                            # refuses startup options: there its own query_timeout applies.
+                            **(
+                                {}
+                                if self.pgbouncer
+                                else {"options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS}"}
+                            ),
                         },
                         open=False,
                     )
@@ -114,6 +121,7 @@ def create_app(
     read_only: bool = False,
     title: str = "outbox",
     allowed_hosts: Sequence[str] = LOCAL_HOSTS,
+    pgbouncer: bool = False,
 ) -> Starlette:
     """Build the dashboard, to mount in your app (behind your own auth) or serve on its own.
 
@@ -121,7 +129,8 @@ def create_app(
     (autocommit connections). ``read_only`` hides every action and refuses every POST.
     ``allowed_hosts`` are the names it answers to (the ``Host`` header; ``*.example.com``
     patterns allowed): any other gets 400, which stops DNS-rebinding attacks. Mounted under a
-    public name, list that name.
+    public name, list that name. ``pgbouncer=True`` when ``dsn`` goes through PgBouncer in
+    transaction mode (no startup options: set PgBouncer's ``query_timeout`` instead).
     """
     if (dsn is None) == (pool is None):
         raise ConfigurationError("give the dashboard a dsn or a pool (one of them)")
@@ -136,7 +145,7 @@ def create_app(
             f"allowed_hosts must be a list of host names, got {allowed_hosts!r}"
         )
     ob = outbox or Outbox()
-    db = _Database(dsn, pool)
+    db = _Database(dsn, pool, pgbouncer)
     env = Environment(
         loader=PackageLoader("outbox.dashboard", "templates"),
         autoescape=select_autoescape(default=True, default_for_string=True),

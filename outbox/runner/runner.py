@@ -61,7 +61,9 @@ class Runner:
     a mapping of queue name to its own slot count. Start-up waits up to ``wait_for_db``
     seconds for a database that cannot be reached yet (0: fail at once). ``logger`` (a
     structlog or stdlib logger) receives every runner log line instead of outbox's own.
-    ``clock`` is for tests (``outbox.testing.FakeClock``).
+    ``clock`` is for tests (``outbox.testing.FakeClock``). Behind PgBouncer in transaction
+    mode pass ``pgbouncer=True`` (no session settings are made) and, for LISTEN, a direct
+    ``listen_dsn`` to Postgres; without one the runner polls every ``poll_interval``.
     """
 
     def __init__(
@@ -85,6 +87,8 @@ class Runner:
         runner_id: str | None = None,
         clock: Clock = SYSTEM_CLOCK,
         logger: Any = None,
+        pgbouncer: bool = False,
+        listen_dsn: str | None = None,
     ) -> None:
         if [dsn, pool, store].count(None) != 2:
             raise ConfigurationError("give the runner a dsn, a pool or a store (one of them)")
@@ -118,6 +122,8 @@ class Runner:
             pool=pool,
             # What pg_stat_activity shows for the runner's connections.
             application_name=f"outbox {self.runner_id}",
+            pgbouncer=pgbouncer,
+            listen_dsn=listen_dsn,
         )
         self.lanes = _make_lanes(queues, concurrency)
         self.log = get_logger(logger, runner=self.runner_id)
