@@ -546,7 +546,7 @@ def _print_job(job: Job) -> None:
                  "leased_by", "leased_until", "timeout_seconds", "unique_key", "tenant",
                  "ordering_key"):  # fmt: skip
         value = getattr(job, name)
-        fields.add_row(f"[bold]{name}[/]", escape("-" if value is None else str(value)))
+        fields.add_row(f"[bold]{name}[/]", _clean("-" if value is None else str(value)))
     fields.add_row("[bold]payload[/]", escape(json.dumps(job.payload, ensure_ascii=False)))
     if job.result is not None:
         fields.add_row("[bold]result[/]", escape(json.dumps(job.result, ensure_ascii=False)))
@@ -555,7 +555,7 @@ def _print_job(job: Job) -> None:
         errors = Table("attempt", "at", "error", title="errors, oldest first")
         for entry in job.errors:
             errors.add_row(
-                str(entry.get("attempt")), escape(str(entry.get("at"))), escape(entry["error"])
+                str(entry.get("attempt")), _clean(str(entry.get("at"))), _clean(str(entry["error"]))
             )
         console.print(errors)
 

@@ -186,7 +186,8 @@ class Outbox:
         """Add many jobs in one statement; return the new ids in order.
 
         All jobs are validated first: one bad job refuses the whole call. A job whose
-        unique_key matches an unfinished job is skipped and gets no id.
+        unique_key matches an unfinished job is not inserted: that job's id stands in its place,
+        so the result has one id per input, in input order.
         """
         rows = _enqueue.prepare_many(
             jobs, max_payload_bytes=self.max_payload_bytes, queues=self.queues, models=self.payloads

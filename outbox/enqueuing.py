@@ -7,6 +7,7 @@ transaction usable.
 from __future__ import annotations
 
 import functools
+import math
 import numbers
 import re
 from collections.abc import Iterable, Mapping
@@ -113,6 +114,11 @@ def dump_payload(payload: Any, limit: int) -> str:
     """Serialize a payload to JSON text, refusing what Postgres's jsonb cannot hold."""
     if payload is None:
         return "{}"
+    if _non_finite(payload):
+        raise UnserializablePayloadError(
+            "the payload holds NaN or an infinity, which JSON cannot represent: store a string "
+            "or null instead"
+        )
     try:
         # isinstance against pydantic's metaclass is slow: plain containers skip it.
         if type(payload) not in (dict, list) and isinstance(payload, BaseModel):
@@ -225,11 +231,12 @@ def prepare(
     if unique_key is not None and (
         not isinstance(unique_key, str)
         or not unique_key
-        or len(unique_key.encode("utf-8", "replace")) > UNIQUE_KEY_MAX_BYTES
+        or _utf8_length(unique_key) > UNIQUE_KEY_MAX_BYTES
         or "\x00" in unique_key
     ):
         raise InvalidOptionError(
-            f"unique_key must be a non-empty str of at most {UNIQUE_KEY_MAX_BYTES} bytes"
+            f"unique_key must be a non-empty str of at most {UNIQUE_KEY_MAX_BYTES} bytes of "
+            "valid UTF-8"
         )
     if timeout is not None and not (
         isinstance(timeout, numbers.Real)
@@ -268,13 +275,34 @@ def check_label(name: str, value: str | None, limit: int) -> None:
     if (
         not isinstance(value, str)
         or not value
-        or len(value.encode("utf-8", "replace")) > limit
+        or _utf8_length(value) > limit
         or _CONTROL.search(value)
     ):
         raise InvalidOptionError(
-            f"{name} must be a non-empty str of at most {limit} bytes without control "
-            f"characters, got {safe_failure_message(repr(value), limit=80)}"
+            f"{name} must be a non-empty str of at most {limit} bytes of valid UTF-8 without "
+            f"control characters, got {safe_failure_message(repr(value), limit=80)}"
         )
+
+
+def _utf8_length(text: str) -> float:
+    """Bytes of ``text`` in UTF-8; infinite when it cannot be encoded (a lone surrogate)."""
+    try:
+        return len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        return math.inf
+
+
+def _non_finite(value: Any, depth: int = 0) -> bool:
+    """Whether a plain payload holds NaN or an infinity (orjson would write them as null)."""
+    if type(value) is float:
+        return not math.isfinite(value)
+    if depth > 64:
+        return False  # orjson refuses deeper nesting itself
+    if type(value) is dict:
+        return any(_non_finite(v, depth + 1) for v in value.values())
+    if type(value) in (list, tuple):
+        return any(_non_finite(v, depth + 1) for v in value)
+    return False
 
 
 def enqueue_plan(schema: str, job: JobRow, if_exists: IfExists) -> Plan[int]:
@@ -403,17 +431,20 @@ def prepare_many(
 
 
 def enqueue_many_plan(schema: str, rows: list[JobRow]) -> Plan[list[int]]:
-    """Insert many jobs; returns the new ids in order.
+    """Insert many jobs; returns one id per job, in input order.
 
     Without unique keys the rows stream in with COPY, after one statement that reserves their
-    ids and reads the database's clock. With unique keys they go in one INSERT … ON CONFLICT: a
-    job whose (kind, unique_key) matches a live job is skipped, and has no id in the result.
+    ids and reads the database's clock. With unique keys they go in one INSERT … ON CONFLICT,
+    each with an id reserved for it: a job whose (kind, unique_key) matches a live job (or an
+    earlier job of the same call) is not inserted, and that live job's id stands in its place.
     """
     if not rows:
         return []
     if all(r.unique_key is None for r in rows):
         return (yield from _copy_jobs(schema, rows))
+    ids = yield from _reserve_ids(schema, len(rows))
     columns = (
+        ids,
         [r.kind for r in rows],
         [r.queue for r in rows],
         [r.payload for r in rows],
@@ -427,8 +458,28 @@ def enqueue_many_plan(schema: str, rows: list[JobRow]) -> Plan[list[int]]:
         [r.tenant for r in rows],
         [r.ordering_key for r in rows],
     )
-    result = yield Statement(queries.query("insert_jobs", schema), columns)
-    return sorted(int(row[0]) for row in result)
+    inserted = {row[0] for row in (yield Statement(queries.query("insert_jobs", schema), columns))}
+    skipped = [(i, r) for i, r in zip(ids, rows, strict=True) if i not in inserted]
+    if not skipped:
+        return ids
+    found = yield Statement(
+        queries.query("live_jobs_by_unique_key", schema),
+        ([r.kind for _, r in skipped], [r.unique_key for _, r in skipped]),
+    )
+    live = {(kind, key): job_id for kind, key, job_id in found}
+    gone = [r for _, r in skipped if (r.kind, r.unique_key) not in live]
+    if gone:  # the live job finished meanwhile: insert those again
+        again = iter((yield from enqueue_many_plan(schema, gone)))
+        for r in gone:
+            live[(r.kind, r.unique_key)] = next(again)
+    pairs = zip(ids, rows, strict=True)
+    return [i if i in inserted else live[(r.kind, r.unique_key)] for i, r in pairs]
+
+
+def _reserve_ids(schema: str, n: int) -> Plan[list[int]]:
+    reserved = yield Statement(queries.query("reserve_job_ids", schema), (n,))
+    _, first, last, scattered = reserved[0]
+    return list(range(first, last + 1)) if scattered is None else list(scattered)
 
 
 def _copy_jobs(schema: str, rows: list[JobRow]) -> Plan[list[int]]:

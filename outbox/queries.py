@@ -85,10 +85,11 @@ def check_schema_name(schema: str) -> str:
         not isinstance(schema, str)
         or not _SCHEMA_NAME.fullmatch(schema)
         or schema.startswith("pg_")  # reserved by Postgres for system schemas
+        or schema == "information_schema"
     ):
         raise ConfigurationError(
             f"invalid schema name {schema!r}: use 1 to 48 characters of a-z 0-9 _, "
-            "starting with a letter or _ (but not pg_)"
+            "starting with a letter or _ (but not pg_, nor information_schema)"
         )
     return schema
 

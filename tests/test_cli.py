@@ -495,3 +495,16 @@ def test_grant_gives_a_role_its_rights_from_the_command_line(dsn, ob, conn):
     finally:
         conn.execute(f'DROP OWNED BY "{name}"')
         conn.execute(f'DROP ROLE "{name}"')
+
+
+def test_inspect_prints_no_control_characters_from_the_database(dsn, ob, conn):
+    job_id = ob.enqueue(conn, "k", tenant="acme")
+    conn.execute(
+        f"UPDATE \"{ob.schema}\".jobs SET last_error = %s, errors = jsonb_build_array("
+        "jsonb_build_object('attempt', 1, 'at', 'now', 'error', %s::text)) WHERE id = %s",
+        ("E: \x1b[2J\x1b[31mred\x07", "E: \x1b]0;title\x07", job_id),
+    )
+    done = outbox_cmd("inspect", str(job_id), "--schema", ob.schema, dsn=dsn)
+    assert done.returncode == 0, done.stderr
+    assert "\x1b" not in done.stdout and "\x07" not in done.stdout
+    assert "title" in done.stdout

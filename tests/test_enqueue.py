@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import math
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -369,7 +368,9 @@ async def test_enqueue_many_applies_each_jobs_own_options(ob, c):
     assert e.run_at == e.created_at
 
 
-async def test_enqueue_many_skips_jobs_whose_unique_key_is_live(ob, c, conn, schema):
+async def test_enqueue_many_gives_a_live_duplicate_the_live_jobs_id_in_its_place(
+    ob, c, conn, schema
+):
     live = await done(ob.enqueue(c, "k", unique_key="live"))
     finished = await done(ob.enqueue(c, "k", unique_key="done"))
     finish(conn, schema, finished)
@@ -386,9 +387,10 @@ async def test_enqueue_many_skips_jobs_whose_unique_key_is_live(ob, c, conn, sch
             ],
         )
     )
-    assert live not in ids
-    payloads = [(await done(ob.get_job(c, i))).payload["n"] for i in ids]
-    assert payloads == [1, 2, 3, 4]
+    assert len(ids) == 6 and ids[0] == live and ids[5] == ids[4]
+    payloads = [(await done(ob.get_job(c, i))).payload.get("n") for i in ids]
+    assert payloads == [None, 1, 2, 3, 4, 4]
+    assert await done(ob.count(c, state="pending")) == 5
 
 
 def test_enqueue_many_of_100_000_jobs_in_one_call(ob, conn, schema, record_property, capsys):
@@ -479,12 +481,6 @@ async def test_enqueue_many_payloads_accept_models_too(ob, c):
     assert [(await done(ob.get_job(c, i))).payload for i in ids] == [_CUSTOMER_JSON, {}]
 
 
-def test_nan_and_infinity_in_a_payload_are_stored_as_null(ob, conn):
-    # orjson writes NaN and +-Infinity as null (JSON has no such numbers); jsonb stores null.
-    job_id = ob.enqueue(conn, "k", {"nan": math.nan, "inf": math.inf, "ninf": -math.inf})
-    assert ob.get_job(conn, job_id).payload == {"nan": None, "inf": None, "ninf": None}
-
-
 def test_payload_exactly_at_the_limit_is_accepted(schema, conn):
     ob = Outbox(schema=schema, max_payload_bytes=100)
     payload = {"x": "y" * 92}  # {"x":"…"} is 8 bytes of JSON around the 92
@@ -516,3 +512,21 @@ def test_enqueue_many_keeps_each_jobs_tenant_and_key_with_and_without_unique_key
     inserted = ob.enqueue_many(conn, [NewJob("k", tenant="b", ordering_key="p", unique_key="u")])
     jobs = [ob.get_job(conn, i) for i in copied + inserted]
     assert [(j.tenant, j.ordering_key) for j in jobs] == [("a", "o"), (None, None), ("b", "p")]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_nan_and_infinity_are_refused_not_stored_as_null(ob, conn, bad):
+    from outbox import UnserializablePayloadError
+
+    for payload in ({"x": bad}, [1, [2, {"y": bad}]]):
+        with pytest.raises(UnserializablePayloadError, match="NaN or an infinity"):
+            ob.enqueue(conn, "k", payload)
+    assert ob.count(conn, state="pending") == 0
+
+
+@pytest.mark.parametrize("field", ["unique_key", "tenant", "ordering_key"])
+def test_a_lone_surrogate_is_refused_and_the_transaction_stays_usable(ob, conn, field):
+    with conn.transaction():
+        with pytest.raises(InvalidOptionError, match="valid UTF-8"):
+            ob.enqueue(conn, "k", **{field: "a\ud800"})
+        assert ob.enqueue(conn, "k") > 0  # the caller's transaction is still usable

@@ -14,15 +14,23 @@ SELECT id FROM {schema}.jobs
 WHERE kind = %s AND unique_key = %s AND state IN ('pending', 'running')
 
 -- name: insert_jobs
-INSERT INTO {schema}.jobs (kind, queue, payload, priority, max_attempts, run_at, unique_key, metadata,
-                          timeout_seconds, tenant, ordering_key)
-SELECT k, q, p::jsonb, pr, ma, coalesce(ra, now() + make_interval(secs => d)), uk, m::jsonb, ts, tn, ok
-FROM unnest(%s::text[], %s::text[], %s::text[], %s::int2[], %s::int4[], %s::timestamptz[],
+-- Many jobs with unique keys, each with an id reserved for it (so that every input keeps its
+-- place); a job whose (kind, unique_key) matches a live job is not inserted.
+INSERT INTO {schema}.jobs (id, kind, queue, payload, priority, max_attempts, run_at, unique_key,
+                          metadata, timeout_seconds, tenant, ordering_key)
+SELECT i, k, q, p::jsonb, pr, ma, coalesce(ra, now() + make_interval(secs => d)), uk, m::jsonb, ts, tn, ok
+FROM unnest(%s::int8[], %s::text[], %s::text[], %s::text[], %s::int2[], %s::int4[], %s::timestamptz[],
             %s::float8[], %s::text[], %s::text[], %s::float8[], %s::text[], %s::text[])
-     AS t (k, q, p, pr, ma, ra, d, uk, m, ts, tn, ok)
+     AS t (i, k, q, p, pr, ma, ra, d, uk, m, ts, tn, ok)
 ON CONFLICT (kind, unique_key) WHERE unique_key IS NOT NULL AND state IN ('pending', 'running')
 DO NOTHING
 RETURNING id
+
+-- name: live_jobs_by_unique_key
+SELECT j.kind, j.unique_key, j.id FROM {schema}.jobs j
+JOIN unnest(%s::text[], %s::text[]) AS w (kind, unique_key)
+  ON j.kind = w.kind AND j.unique_key = w.unique_key
+WHERE j.state IN ('pending', 'running')
 
 -- name: reserve_job_ids
 -- Ids for a COPY of n jobs, and "now" on the database's clock for their run_at. When the ids
