@@ -8,10 +8,10 @@ on the runner's event loop and must not block it.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Literal, TypeVar, get_args, overload
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args, overload
 
 from pydantic import BaseModel
 
@@ -19,7 +19,10 @@ from outbox.backoff import Backoff
 from outbox.errors import ConfigurationError, HandlerNotFoundError
 from outbox.models import Job
 from outbox.periodic import Schedule
-from outbox.safety import sanitize_kind
+from outbox.safety import safe_failure_message, sanitize_kind
+
+if TYPE_CHECKING:
+    from outbox.relay import Destination, Envelope
 
 __all__ = ["JOB_EVENTS", "Handler", "HandlerMux", "JobEventName", "Listener", "Route"]
 
@@ -61,6 +64,7 @@ class HandlerMux:
         self._routes: dict[str, Route] = {}
         self._schedules: dict[str, Schedule] = {}
         self._listeners: dict[tuple[str, str], list[Listener]] = {}
+        self._destinations: list[Destination] = []
 
     def on(self, kind: str, event: JobEventName, callback: Listener) -> None:
         """Call ``callback(job, error)`` when an attempt of ``kind`` starts or ends so.
@@ -113,6 +117,42 @@ class HandlerMux:
     def schedules(self) -> list[Schedule]:
         """The registered schedules, by name."""
         return [self._schedules[name] for name in sorted(self._schedules)]
+
+    def relay(
+        self,
+        kinds: str | Sequence[str],
+        destination: Destination,
+        *,
+        envelope: Envelope = "raw",
+        source: str = "outbox",
+        timeout: float | None = None,
+        backoff: Backoff | None = None,
+    ) -> None:
+        """Publish the jobs of ``kinds`` to ``destination`` (see ``outbox.relay``).
+
+        ``envelope`` is ``"raw"`` (the payload as JSON), ``"cloudevents"`` (structured) or
+        ``"cloudevents-binary"``; ``source`` is the CloudEvents source.
+        """
+        from outbox.relay import relay_handler
+
+        handler = relay_handler(destination, envelope=envelope, source=source)
+        for kind in [kinds] if isinstance(kinds, str) else kinds:
+            self.register(kind, handler, timeout=timeout, backoff=backoff)
+        if destination not in self._destinations:
+            self._destinations.append(destination)
+
+    async def close_relays(self, log: Any = None) -> None:
+        """Close every relay destination's connection (a runner does it as it stops)."""
+        for destination in self._destinations:
+            try:
+                await destination.close()
+            except Exception as exc:  # a broker gone already: nothing left to close
+                if log is not None:
+                    log.warning(
+                        "relay.close_failed",
+                        destination=type(destination).__name__,
+                        error=safe_failure_message(exc),
+                    )
 
     @overload
     def register(

@@ -41,7 +41,7 @@ def test_retry_leaves_running_and_succeeded_jobs_alone(ob, conn, state):
     job_id = ob.enqueue(conn, "k")
     conn.execute(
         f'UPDATE "{ob.schema}".jobs SET state = %s, finished_at = '
-        "CASE WHEN %s = 'succeeded' THEN now() END WHERE id = %s",
+        "CASE WHEN %s = 'succeeded' THEN now() END, leased_until = now() WHERE id = %s",
         (state, state, job_id),
     )
     assert ob.retry(conn, job_id) is False
@@ -96,7 +96,10 @@ def test_retry_many_refuses_states_it_cannot_retry(ob, conn, state):
 @pytest.mark.parametrize("state", ["pending", "running"])
 def test_discard_ends_a_live_job_with_the_reason(ob, conn, state):
     job_id = ob.enqueue(conn, "k")
-    conn.execute(f'UPDATE "{ob.schema}".jobs SET state = %s WHERE id = %s', (state, job_id))
+    conn.execute(
+        f'UPDATE "{ob.schema}".jobs SET state = %s, leased_until = now() WHERE id = %s',
+        (state, job_id),
+    )
     assert ob.discard(conn, job_id, "customer\x00 deleted") is True
     job = ob.get_job(conn, job_id)
     assert job.state == "discarded" and job.finished_at is not None

@@ -298,7 +298,10 @@ def test_retry_by_id_then_in_bulk_by_kind(dsn, ob, conn):
     again = outbox_cmd("retry", str(one), "--schema", ob.schema, dsn=dsn)
     assert again.returncode == 0  # a pending job: made runnable now
     running = ob.enqueue(conn, "x")
-    conn.execute(f"UPDATE \"{ob.schema}\".jobs SET state = 'running' WHERE id = %s", (running,))
+    conn.execute(
+        f"UPDATE \"{ob.schema}\".jobs SET state = 'running', leased_until = now() WHERE id = %s",
+        (running,),
+    )
     refused = outbox_cmd("retry", str(running), "--schema", ob.schema, dsn=dsn)
     assert refused.returncode == 1 and str(running) in refused.stderr
 

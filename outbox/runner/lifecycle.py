@@ -276,6 +276,7 @@ class Run:
         await self.supervisor.stop()
         with contextlib.suppress(OutboxError):
             await runner.store.remove_runner(runner.runner_id)
+        await runner.mux.close_relays(self.log)
         self.log.info("runner.stopped")
 
     async def _flush(self) -> None:
