@@ -36,6 +36,11 @@ class _Ok(http.server.BaseHTTPRequestHandler):
         pass
 
 
+class _Server(http.server.ThreadingHTTPServer):
+    request_queue_size = 512  # 100 connections at once: the default backlog (5) resets them
+    daemon_threads = True
+
+
 async def _bounded(n: int, publish, concurrency: int = 100) -> float:
     gate = asyncio.Semaphore(concurrency)
 
@@ -111,7 +116,7 @@ async def main() -> None:
 
     import httpx
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Ok)
+    server = _Server(("127.0.0.1", 0), _Ok)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/hook"
     async with httpx.AsyncClient() as client:
