@@ -69,10 +69,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def start_runner(
-    dsn: str, schema: str, *args: str, target: str = "tests.jobs_app:mux"
+    dsn: str,
+    schema: str,
+    *args: str,
+    target: str = "tests.jobs_app:mux",
+    env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start `outbox run <target>` (by default tests.jobs_app:mux) as a real process."""
-    env = {**os.environ, "OUTBOX_DSN": dsn, "OUTBOX_SCHEMA": schema}
+    env = {**os.environ, "OUTBOX_DSN": dsn, "OUTBOX_SCHEMA": schema, **(env or {})}
     return subprocess.Popen(
         [sys.executable, "-m", "outbox.cli", "run", target, *args],
         cwd=ROOT,
