@@ -18,6 +18,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
+from tests.faultproxy import FaultProxy
 from tests.helpers import free_port
 
 
@@ -31,11 +32,13 @@ def pgbouncer(dsn: str) -> Iterator[str]:
             pytest.fail(message)
         pytest.skip(message)
     target = psycopg.conninfo.conninfo_to_dict(dsn)
-    host = target.get("host") or "127.0.0.1"
     user = target.get("user") or "postgres"
     dbname = target.get("dbname") or user
     port = free_port()
-    with tempfile.TemporaryDirectory() as work:
+    # PgBouncer runs as `postgres`, which may not reach the server's Unix socket (the embedded
+    # server's lives in a private directory): it goes through a TCP forwarder of ours.
+    forward = FaultProxy(str(target.get("host") or "127.0.0.1"), int(target.get("port") or 5432))
+    with forward, tempfile.TemporaryDirectory() as work:
         os.chmod(work, 0o777)
         users = os.path.join(work, "users.txt")
         with open(users, "w") as f:
@@ -43,12 +46,13 @@ def pgbouncer(dsn: str) -> Iterator[str]:
         config = os.path.join(work, "pgbouncer.ini")
         with open(config, "w") as f:
             f.write(
-                f"[databases]\n{dbname} = host={host} port={target.get('port', 5432)}"
+                f"[databases]\n{dbname} = host=127.0.0.1 port={forward.port}"
                 f" dbname={dbname} user={user}\n"
                 "[pgbouncer]\n"
                 f"listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n"
                 f"auth_type = trust\nauth_file = {users}\npool_mode = transaction\n"
                 "max_client_conn = 200\ndefault_pool_size = 10\n"
+                "server_connect_timeout = 5\nquery_wait_timeout = 20\n"
                 "ignore_startup_parameters = extra_float_digits\n"
                 f"logfile = {work}/pgbouncer.log\npidfile = {work}/pgbouncer.pid\n"
             )
@@ -63,9 +67,10 @@ def pgbouncer(dsn: str) -> Iterator[str]:
             deadline = time.monotonic() + 15
             while True:
                 try:
-                    with psycopg.connect(through, connect_timeout=2, prepare_threshold=None):
+                    with psycopg.connect(through, connect_timeout=2, prepare_threshold=None) as c:
+                        c.execute("SELECT 1")  # PgBouncer reaches the server, too
                         break
-                except psycopg.OperationalError:
+                except psycopg.Error:
                     if proc.poll() is not None or time.monotonic() > deadline:
                         log = proc.stdout.read().decode() if proc.stdout else ""
                         raise AssertionError(f"PgBouncer did not start: {log}") from None
