@@ -114,11 +114,6 @@ def dump_payload(payload: Any, limit: int) -> str:
     """Serialize a payload to JSON text, refusing what Postgres's jsonb cannot hold."""
     if payload is None:
         return "{}"
-    if _non_finite(payload):
-        raise UnserializablePayloadError(
-            "the payload holds NaN or an infinity, which JSON cannot represent: store a string "
-            "or null instead"
-        )
     try:
         # isinstance against pydantic's metaclass is slow: plain containers skip it.
         if type(payload) not in (dict, list) and isinstance(payload, BaseModel):
@@ -130,6 +125,12 @@ def dump_payload(payload: Any, limit: int) -> str:
             f"the payload cannot be serialized to JSON: {exc}. Pass a dict, a list, a pydantic "
             "model or anything orjson serializes."
         ) from exc
+    # orjson writes NaN and infinities as null: only a payload whose JSON holds a null is walked.
+    if b"null" in data and _non_finite(payload):
+        raise UnserializablePayloadError(
+            "the payload holds NaN or an infinity, which JSON cannot represent: store a string "
+            "or null instead"
+        )
     if len(data) > limit:
         raise PayloadTooLargeError(
             f"the payload is {len(data)} bytes, over the limit of {limit} bytes: enqueue a "

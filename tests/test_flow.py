@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from outbox import HandlerMux, Job, NewJob, Outbox, Runner
-from tests.helpers import running, start_runner, states, stop, wait_for
+from tests.helpers import eventually, running, start_runner, states, stop, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -20,11 +20,13 @@ async def _small_tenant_wait(dsn: str, ob: Outbox, backlog: int) -> float:
     """Seconds until all 100 jobs of tenant "small", enqueued after ``backlog`` jobs of tenant
     "big", have run, with one runner at concurrency 10 and 10 ms handlers."""
     done: dict[int, float] = {}
+    ran = [0]
     mux = HandlerMux()
 
     @mux.register("work")
     async def work(job: Job) -> None:
         await asyncio.sleep(0.01)
+        ran[0] += 1
         if job.tenant == "small":
             done[job.id] = time.monotonic()
 
@@ -32,7 +34,7 @@ async def _small_tenant_wait(dsn: str, ob: Outbox, backlog: int) -> float:
         await ob.enqueue_many(conn, [NewJob("work", tenant="big") for _ in range(backlog)])
         runner = Runner(mux, dsn=dsn, outbox=ob, concurrency=10)
         async with running(runner):
-            await asyncio.sleep(0.5)  # the runner is busy with "big"'s backlog
+            await eventually(lambda: ran[0] >= 20)  # the runner is busy with "big"'s backlog
             started = time.monotonic()
             small = await ob.enqueue_many(
                 conn, [NewJob("work", tenant="small") for _ in range(100)]

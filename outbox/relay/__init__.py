@@ -18,6 +18,7 @@ are published in that order; other events may be published in any order.
 
 from __future__ import annotations
 
+import importlib
 import string
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ __all__ = [
     "nats",
     "rabbitmq",
     "relay_handler",
+    "require",
     "webhook",
 ]
 
@@ -117,6 +119,18 @@ class Destination(Protocol):
     async def close(self) -> None:
         """Close the connection (the next publish opens a new one)."""
         ...
+
+
+def require(module: str, what: str, extra: str, timeout: float) -> None:
+    """Refuse, at registration, a destination whose library is missing or whose timeout is bad."""
+    try:
+        importlib.import_module(module)
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"{what} relays need {module}: pip install 'outbox-runner[{extra}]'"
+        ) from exc
+    if not timeout > 0:
+        raise ConfigurationError(f"timeout must be > 0 seconds, got {timeout!r}")
 
 
 def dedup_id(job: Job) -> str:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from outbox.errors import ConfigurationError, RetryableError
-from outbox.relay import Message, Template
+from outbox.errors import RetryableError
+from outbox.relay import Message, Template, require
 from outbox.safety import safe_failure_message
 
 __all__ = ["RabbitDestination"]
@@ -16,14 +16,7 @@ class RabbitDestination:
     """Publishes persistent messages with ``message_id``; done on the broker's confirm."""
 
     def __init__(self, url: str, *, routing_key: Template, exchange: str, timeout: float) -> None:
-        try:
-            import aio_pika  # noqa: F401
-        except ImportError as exc:
-            raise ConfigurationError(
-                "RabbitMQ relays need aio-pika: pip install 'outbox-runner[rabbitmq]'"
-            ) from exc
-        if not timeout > 0:
-            raise ConfigurationError(f"timeout must be > 0 seconds, got {timeout!r}")
+        require("aio_pika", "RabbitMQ", "rabbitmq", timeout)
         self.template = routing_key
         self._url = url
         self._exchange_name = exchange

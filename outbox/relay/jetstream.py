@@ -6,8 +6,8 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-from outbox.errors import ConfigurationError, RetryableError
-from outbox.relay import Message, Template
+from outbox.errors import RetryableError
+from outbox.relay import Message, Template, require
 from outbox.safety import safe_failure_message
 
 __all__ = ["NatsDestination"]
@@ -17,14 +17,7 @@ class NatsDestination:
     """Publishes to JetStream with ``Nats-Msg-Id``; done on the PubAck."""
 
     def __init__(self, servers: str | Sequence[str], *, subject: Template, timeout: float) -> None:
-        try:
-            import nats  # noqa: F401
-        except ImportError as exc:
-            raise ConfigurationError(
-                "NATS relays need nats-py: pip install 'outbox-runner[nats]'"
-            ) from exc
-        if not timeout > 0:
-            raise ConfigurationError(f"timeout must be > 0 seconds, got {timeout!r}")
+        require("nats", "NATS", "nats", timeout)
         self.template = subject
         self._servers = [servers] if isinstance(servers, str) else list(servers)
         self._timeout = timeout

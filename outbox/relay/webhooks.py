@@ -11,7 +11,7 @@ from datetime import timezone
 from typing import Any
 
 from outbox.errors import ConfigurationError, PermanentError, RetryableError
-from outbox.relay import Message, Template
+from outbox.relay import Message, Template, require
 from outbox.safety import safe_failure_message
 
 __all__ = ["MAX_RETRY_AFTER", "WebhookDestination", "retry_after", "sign"]
@@ -61,16 +61,9 @@ class WebhookDestination:
     def __init__(
         self, template: Template, *, secret: str | None, timeout: float, headers: dict[str, str]
     ) -> None:
-        try:
-            import httpx  # noqa: F401
-        except ImportError as exc:
-            raise ConfigurationError(
-                "webhook relays need httpx: pip install 'outbox-runner[webhooks]'"
-            ) from exc
+        require("httpx", "webhook", "webhooks", timeout)
         if not template.text.startswith(("http://", "https://")):
             raise ConfigurationError("a webhook URL must start with http:// or https://")
-        if not timeout > 0:
-            raise ConfigurationError(f"timeout must be > 0 seconds, got {timeout!r}")
         if secret is not None:
             _key(secret)  # a bad secret is refused now, not at the first job
         self.template = template
