@@ -3,6 +3,11 @@
 On outbox's own table: one INSERT per transaction; COPY for bulk; a drain loop that leases 100
 with FOR UPDATE SKIP LOCKED (returning id, kind, payload) and marks them succeeded, with
 finished_at, in one statement. No framework, no handlers, no concurrency.
+
+The lease is that of a runner serving kind 'bench' in queue 'default' (where every benchmark job
+is), with the predicates of outbox's plain lease (no tenant, no ordering key), so that it walks
+outbox's partial lease index whichever its column order: (priority DESC, run_at, id) until
+migration 0007, (kind, queue, priority DESC, run_at, id) after.
 """
 
 from __future__ import annotations
@@ -22,7 +27,9 @@ from outbox import Outbox
 OB = Outbox(schema="bench_raw")
 LEASE = b"""
 WITH next AS (
-    SELECT id FROM bench_raw.jobs WHERE state = 'pending' AND run_at <= now()
+    SELECT id FROM bench_raw.jobs
+    WHERE state = 'pending' AND tenant IS NULL AND ordering_key IS NULL AND run_at <= now()
+      AND kind = 'bench' AND queue = 'default'
     ORDER BY priority DESC, run_at, id LIMIT 100 FOR UPDATE SKIP LOCKED
 )
 UPDATE bench_raw.jobs j SET state = 'running', attempts = j.attempts + 1,
@@ -103,9 +110,9 @@ def drain(args) -> dict:
                 copy.write_row(("bench",))
         query = (
             # Walks the partial indexes: a plain EXISTS would scan the finished rows every poll.
-            "SELECT EXISTS (SELECT 1 FROM bench_raw.jobs WHERE state = 'pending'"
-            " ORDER BY priority DESC, run_at, id LIMIT 1) OR EXISTS (SELECT 1 FROM bench_raw.jobs"
-            " WHERE state = 'running' ORDER BY leased_until LIMIT 1)"
+            "SELECT EXISTS (SELECT 1 FROM bench_raw.jobs WHERE state = 'pending' AND tenant IS NULL"
+            " AND kind = 'bench' AND queue = 'default' AND priority <= 0) OR EXISTS (SELECT 1"
+            " FROM bench_raw.jobs WHERE state = 'running' ORDER BY leased_until LIMIT 1)"
         )
         seconds = common.wait_until(lambda: not conn.execute(query).fetchone()[0], args.timeout)
     finally:
