@@ -114,6 +114,7 @@ def systems(selected: list[str] | None) -> dict[str, tuple[str, str]]:
     found = {
         "ours": (sys.executable, str(HERE / "systems" / "ours.py")),
         "raw_sql": (sys.executable, str(HERE / "systems" / "raw_sql.py")),
+        "raw_min": (sys.executable, str(HERE / "systems" / "raw_min.py")),
     }
     peers_file = HERE / "peers.json"
     peers = json.loads(peers_file.read_text()) if peers_file.exists() else {}
