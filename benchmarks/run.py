@@ -42,6 +42,11 @@ class Scenario:
     higher_is_better: bool = True
     only: tuple[str, ...] = ()
     """The systems that have the feature measured (empty: every system)."""
+    quick_options: dict[str, object] = field(default_factory=dict)
+    """Options that replace ``options`` in a --quick run."""
+    baseline: str = ""
+    """A scenario earlier in the list: each cell also gives its ratio to that row's cell of the
+    same system, from the same run (a trap against the empty table, 4 processes against 1)."""
 
 
 SCENARIOS = [
@@ -56,12 +61,44 @@ SCENARIOS = [
     Scenario("drain_sync_c100", "drain 30,000 jobs, plain def handlers, concurrency 100", "drain",
              30_000, 10_000, {"concurrency": 100, "handler": "sync"}),
     Scenario("drain_2p", "drain 30,000 jobs, 2 processes, concurrency 100", "drain", 30_000,
-             10_000, {"concurrency": 100, "processes": 2}),
+             10_000, {"concurrency": 100, "processes": 2}, baseline="drain_c100"),
+    Scenario("drain_4p", "drain 30,000 jobs, 4 processes, concurrency 100", "drain", 30_000,
+             10_000, {"concurrency": 100, "processes": 4}, baseline="drain_c100"),
+    # The way users start: jobs waiting, then the runner started inside the clock (process spawn,
+    # imports, connecting included), one process unless said.
+    Scenario("backlog_c100", "50,000 jobs waiting (quick: 10,000), runner started in the clock, "
+             "1 process, concurrency 100", "backlog", 50_000, 10_000, {"concurrency": 100}),
+    Scenario("backlog_sync_c100", "50,000 jobs waiting (quick: 10,000), runner started in the "
+             "clock, plain def handlers, concurrency 100", "backlog", 50_000, 10_000,
+             {"concurrency": 100, "handler": "sync"}, only=("ours",)),
+    Scenario("backlog_2p", "50,000 jobs waiting (quick: 10,000), runners started in the clock, "
+             "2 processes, concurrency 100", "backlog", 50_000, 10_000,
+             {"concurrency": 100, "processes": 2}, baseline="backlog_c100"),
+    Scenario("backlog_4p", "50,000 jobs waiting (quick: 10,000), runners started in the clock, "
+             "4 processes, concurrency 100", "backlog", 50_000, 10_000,
+             {"concurrency": 100, "processes": 4}, baseline="backlog_c100"),
     Scenario("drain_finished", "drain 30,000 jobs with 1,000,000 finished present "
              "(quick: 100,000)", "drain", 30_000, 10_000,
-             {"concurrency": 100, "finished": 1_000_000}),
+             {"concurrency": 100, "finished": 1_000_000}, quick_options={"finished": 100_000}),
     Scenario("drain_sleep10", "drain 20,000 jobs, handlers sleep 10 ms, concurrency 100", "drain",
              20_000, 5000, {"concurrency": 100, "sleep-ms": 10}),
+    # The lease traps: pending jobs the runner must not run, ahead in lease order (priority 1),
+    # inserted before the runner starts; the runner serves its kinds and queue 'default' only.
+    Scenario("trap_none", "drain 20,000 jobs (quick: 5,000), no ballast, concurrency 100",
+             "trap", 20_000, 5000, {"concurrency": 100, "trap": "none"},
+             only=("ours", "raw_sql")),
+    Scenario("trap_kind", "drain 20,000 jobs, 1,000,000 pending of another kind ahead "
+             "(quick: 5,000 and 100,000)", "trap", 20_000, 5000,
+             {"concurrency": 100, "trap": "kind", "ballast": 1_000_000},
+             only=("ours", "raw_sql"), quick_options={"ballast": 100_000}, baseline="trap_none"),
+    Scenario("trap_queue", "drain 20,000 jobs, 1,000,000 pending in another queue ahead "
+             "(quick: 5,000 and 100,000)", "trap", 20_000, 5000,
+             {"concurrency": 100, "trap": "queue", "ballast": 1_000_000},
+             only=("ours", "raw_sql"), quick_options={"ballast": 100_000}, baseline="trap_none"),
+    Scenario("trap_scheduled", "drain 20,000 jobs, 1,000,000 at a higher priority due in an "
+             "hour (quick: 5,000 and 100,000)", "trap", 20_000, 5000,
+             {"concurrency": 100, "trap": "scheduled", "ballast": 1_000_000},
+             only=("ours", "raw_sql"), quick_options={"ballast": 100_000}, baseline="trap_none"),
     Scenario("latency", "latency enqueue -> handler start, idle runner", "latency", 300, 100,
              higher_is_better=False),
     Scenario("rss", "runner peak RSS at concurrency 100", "rss", 10_000, 3000,
@@ -131,9 +168,7 @@ def systems(selected: list[str] | None) -> dict[str, tuple[str, str]]:
 def run_one(python: str, script: str, sc: Scenario, dsn: str, quick: bool, timeout: float) -> dict:
     args = [python, script, sc.scenario, "--dsn", dsn, "--n", str(sc.quick_n if quick else sc.n),
             "--timeout", str(timeout)]  # fmt: skip
-    for key, value in sc.options.items():
-        if key == "finished" and quick:
-            value = 100_000
+    for key, value in {**sc.options, **(sc.quick_options if quick else {})}.items():
         args += [f"--{key}", str(value)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     try:
@@ -149,7 +184,7 @@ def run_one(python: str, script: str, sc: Scenario, dsn: str, quick: bool, timeo
     return json.loads(lines[-1])
 
 
-def fmt(result: dict, ours: dict | None, higher_is_better: bool) -> str:
+def fmt(result: dict, ours: dict | None, baseline: tuple[str, dict] | None = None) -> str:
     if "skip" in result:
         return f"— ({result['skip']})"
     value = result["value"]
@@ -158,6 +193,8 @@ def fmt(result: dict, ours: dict | None, higher_is_better: bool) -> str:
         text += f" (p95 {result['p95']:.2f}, p99 {result['p99']:.2f})"
     if ours and "skip" not in ours and ours["value"]:
         text += f" · {value / ours['value']:.2f}x"
+    if baseline and "skip" not in baseline[1] and baseline[1]["value"]:
+        text += f" · {value / baseline[1]['value']:.2f}x {baseline[0]}"
     return text
 
 
@@ -201,6 +238,7 @@ def main() -> int:
         names = list(found)
         started = time.monotonic()
         rows = []
+        done: dict[str, dict[str, dict]] = {}
         for sc in chosen:
             results = {}
             for name in names:
@@ -210,8 +248,13 @@ def main() -> int:
                     continue
                 results[name] = run_one(python, script, sc, dsn, args.quick, timeout)
                 print(f"{sc.name:16} {name:14} {results[name]}", file=sys.stderr)
+            done[sc.name] = results
             ours = results.get("ours")
-            cells = [fmt(results[n], ours, sc.higher_is_better) for n in names]
+            before = done.get(sc.baseline, {})
+            cells = [
+                fmt(results[n], ours, (sc.baseline, before[n]) if n in before else None)
+                for n in names
+            ]
             better = "higher" if sc.higher_is_better else "lower"
             rows.append(f"| {sc.title} ({better} is better) | " + " | ".join(cells) + " |")
         header = "| scenario | " + " | ".join(names) + " |"
@@ -222,8 +265,9 @@ def main() -> int:
             [
                 *machine(dsn),
                 f"- command: `{command.strip()}` ({elapsed:.0f} s)",
-                "- each cell: the figure, then its ratio to ours (x ours); units: jobs/s, "
-                "latency in ms, RSS in MiB",
+                "- each cell: the figure, then its ratio to ours (x ours), and where a row names"
+                " one, its ratio to the same system's figure in that row of this run; units:"
+                " jobs/s, latency in ms, RSS in MiB",
                 "",
                 table,
             ]

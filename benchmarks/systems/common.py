@@ -8,9 +8,18 @@ that cannot run a scenario prints ``{"skip": "why"}``.
 Scenarios:
   enqueue_single  N jobs, one transaction each                     -> jobs/s
   enqueue_bulk    N jobs in one call                                -> jobs/s
-  drain           N pre-enqueued jobs drained by --processes runner
-                  processes at --concurrency, handlers sleeping
-                  --sleep-ms (0: no-op)                             -> jobs/s
+  drain           N jobs enqueued (in one statement) to --processes
+                  runner processes already started, at --concurrency,
+                  handlers sleeping --sleep-ms (0: no-op); the clock
+                  starts when the enqueue has committed             -> jobs/s
+  backlog         N jobs enqueued first, then --processes runner
+                  processes started inside the clock (process spawn,
+                  imports, connecting: the way users start a runner) -> jobs/s
+  trap            a drain of N jobs of the runner's kind and queue
+                  ('default'), with --ballast M pending jobs it must
+                  not run sitting ahead in lease order (--trap kind:
+                  another kind; queue: another queue; scheduled: due in
+                  an hour; none: no ballast, the same-run baseline) -> jobs/s
   latency         N jobs enqueued one by one to an idle runner,
                   enqueue commit -> handler start                    -> p50 ms (p95, p99 extra)
   rss             a runner at --concurrency draining N jobs          -> peak RSS MiB
@@ -19,6 +28,8 @@ Scenarios:
 ``--finished M`` inserts M finished jobs before a drain (index health); ``--handler sync`` uses
 plain ``def`` handlers where the system has both. ``--tenants T`` spreads the jobs over T
 tenants, and ``--limits L`` caps every tenant at L running jobs (outbox's flow control).
+The trap ballast has priority 1 (the drained jobs 0), so that it is ahead in lease order and a
+completion check can skip it by priority.
 """
 
 from __future__ import annotations
@@ -48,7 +59,20 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--handler", choices=["async", "sync"], default="async")
     parser.add_argument("--tenants", type=int, default=0, help="spread the jobs over N tenants")
     parser.add_argument("--limits", type=int, default=0, help="a running limit per tenant")
+    parser.add_argument("--trap", choices=["none", "kind", "queue", "scheduled"], default="none")
+    parser.add_argument("--ballast", type=int, default=0, help="trap: pending jobs not to run")
     return parser.parse_args()
+
+
+def ballast_sql(schema: str, trap: str, kind: str) -> str:
+    """One INSERT ... SELECT of ``%s`` jobs into outbox's table that a runner of ``kind``
+    serving queue 'default' must not run, ahead of the drained jobs in lease order."""
+    columns, values = {
+        "kind": ("kind, priority", "'other', 1"),
+        "queue": ("kind, queue, priority", f"'{kind}', 'other', 1"),
+        "scheduled": ("kind, priority, run_at", f"'{kind}', 1, now() + interval '1 hour'"),
+    }[trap]
+    return f"INSERT INTO {schema}.jobs ({columns}) SELECT {values} FROM generate_series(1, %s)"
 
 
 def emit(result: dict[str, Any]) -> None:

@@ -72,15 +72,18 @@ def enqueue_bulk(args) -> dict:
     return common.rate(args.n, time.perf_counter() - started)
 
 
-def unfinished(conn: psycopg.Connection) -> bool:
+def unfinished(conn: psycopg.Connection, kind: str = "bench") -> bool:
+    """Whether a job of ``kind`` is left to run (drained jobs have priority 0, queue 'default';
+    the trap ballast priority 1 or another kind or queue): a seek in the lease index, whichever
+    its column order, instead of a walk over the ballast or the finished rows."""
     query = (
-        # Walks the partial indexes: a plain EXISTS would scan the finished rows every poll.
-        "SELECT EXISTS (SELECT 1 FROM bench_outbox.jobs WHERE state = 'pending' AND tenant IS NULL)"
+        "SELECT EXISTS (SELECT 1 FROM bench_outbox.jobs WHERE state = 'pending' AND tenant IS NULL"
+        " AND kind = %s AND queue = 'default' AND priority <= 0)"
         " OR EXISTS (SELECT 1 FROM bench_outbox.jobs WHERE state = 'pending'"
         " AND tenant IS NOT NULL) OR EXISTS (SELECT 1 FROM bench_outbox.jobs"
         " WHERE state = 'running' ORDER BY leased_until LIMIT 1)"
     )
-    return bool(conn.execute(query).fetchone()[0])
+    return bool(conn.execute(query, (kind,)).fetchone()[0])
 
 
 def new_jobs(args, kind: str) -> list[NewJob]:
@@ -113,38 +116,61 @@ def lease(args) -> dict:
     return {**common.percentiles(samples), "unit": "ms p50 a lease of 100"}
 
 
+def start_runners(args, kind: str) -> list[subprocess.Popen]:
+    """``args.processes`` `outbox run` processes, as users start them (the CLI)."""
+    env = {**os.environ, "OUTBOX_DSN": args.dsn, "OUTBOX_SCHEMA": OB.schema,
+           "BENCH_SLEEP_MS": str(args.sleep_ms), "PYTHONPATH": str(ROOT)}  # fmt: skip
+    command = [sys.executable, "-m", "outbox.cli", "run", "benchmarks.systems.ours:mux",
+               "--concurrency", str(args.concurrency)]  # fmt: skip
+    if args.scenario == "trap":
+        command += ["--queues", "default"]  # every trap row, so that they differ only in ballast
+    return [
+        subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        for _ in range(args.processes)
+    ]
+
+
 def drain(args) -> dict:
+    """Runners first, then the jobs in one statement; the clock starts when it has committed.
+    ``trap``: the same, with ``args.ballast`` jobs the runner must not run inserted first."""
     conn = reset(args.dsn)
     add_finished(conn, args.finished)
     kind = "bench" if args.handler == "async" else "bench_sync"
     set_limits(conn, args, kind)
-    env = {**os.environ, "OUTBOX_DSN": args.dsn, "OUTBOX_SCHEMA": OB.schema,
-           "BENCH_SLEEP_MS": str(args.sleep_ms), "PYTHONPATH": str(ROOT)}  # fmt: skip
-    workers = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "outbox.cli",
-                "run",
-                "benchmarks.systems.ours:mux",
-                "--concurrency",
-                str(args.concurrency),
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for _ in range(args.processes)
-    ]
+    trapped = args.scenario == "trap"
+    if trapped and args.trap != "none":
+        conn.execute(common.ballast_sql(OB.schema, args.trap, kind), (args.ballast,))
+        conn.execute("VACUUM ANALYZE bench_outbox.jobs")  # not trap_none: as drain_c100
+    workers = start_runners(args, kind)
     try:
         time.sleep(2)
         OB.enqueue_many(conn, new_jobs(args, kind))
-        seconds = common.wait_until(lambda: not unfinished(conn), args.timeout)
+        seconds = common.wait_until(lambda: not unfinished(conn, kind), args.timeout)
     finally:
         common.stop_workers(workers)
-    return common.rate(args.n, seconds)
+    result = common.rate(args.n, seconds)
+    if trapped:
+        result["ballast"] = args.ballast if args.trap != "none" else 0
+    return result
+
+
+def backlog(args) -> dict:
+    """The jobs first, then the runners, started inside the clock."""
+    conn = reset(args.dsn)
+    add_finished(conn, args.finished)
+    kind = "bench" if args.handler == "async" else "bench_sync"
+    OB.enqueue_many(conn, new_jobs(args, kind))
+    conn.execute("ANALYZE bench_outbox.jobs")  # plans as autovacuum would leave them
+    started = time.perf_counter()
+    workers = start_runners(args, kind)
+    try:
+        common.wait_until(lambda: not unfinished(conn, kind), args.timeout)
+        seconds = time.perf_counter() - started
+    finally:
+        common.stop_workers(workers)
+    return {**common.rate(args.n, seconds), "handler": args.handler}
 
 
 def latency(args) -> dict:
@@ -199,6 +225,8 @@ if __name__ == "__main__":
             "enqueue_single": enqueue_single,
             "enqueue_bulk": enqueue_bulk,
             "drain": drain,
+            "backlog": backlog,
+            "trap": drain,
             "latency": latency,
             "rss": rss,
             "lease": lease,

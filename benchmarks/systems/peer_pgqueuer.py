@@ -160,6 +160,36 @@ def drain(args) -> dict:
     return result
 
 
+def backlog(args) -> dict:
+    """The jobs first (one call), then the worker processes, started inside the clock."""
+    kind = "bench" if args.handler == "async" else "bench_sync"
+
+    async def prepare() -> None:
+        conn = await reset(args.dsn, args.finished)
+        payloads = [str(i).encode() for i in range(args.n)]
+        await Queries.from_asyncpg_connection(conn).enqueue(
+            [kind] * args.n, payloads, [0] * args.n
+        )
+        await conn.execute(f"ANALYZE {SCHEMA}.pgqueuer")  # plans as autovacuum would leave them
+        await conn.close()
+
+    uvloop.run(prepare())
+    check = psycopg.connect(args.dsn, autocommit=True)
+    started = time.perf_counter()
+    workers = common.start_workers(__file__, args)
+
+    def done() -> bool:
+        common.check_workers(workers)
+        return not check.execute(UNFINISHED).fetchone()[0]
+
+    try:
+        common.wait_until(done, args.timeout)
+        seconds = time.perf_counter() - started
+    finally:
+        common.stop_workers(workers)
+    return {**common.rate(args.n, seconds), "handler": args.handler}
+
+
 def latency(args) -> dict:
     async def main() -> list[float]:
         conn = await reset(args.dsn)
@@ -224,6 +254,7 @@ if __name__ == "__main__":
             "enqueue_single": enqueue_single,
             "enqueue_bulk": enqueue_bulk,
             "drain": drain,
+            "backlog": backlog,
             "latency": latency,
             "rss": rss,
             "_worker": _worker,

@@ -86,9 +86,32 @@ def _worker(args) -> dict:
             time.sleep(0.001)
 
 
-def drain(args) -> dict:
-    if args.sleep_ms or args.handler == "sync":
-        return {"skip": "the raw loop has no handlers"}
+def start_workers(args) -> list[subprocess.Popen]:
+    return [
+        subprocess.Popen(
+            [sys.executable, __file__, "_worker", "--dsn", args.dsn], stdout=subprocess.DEVNULL
+        )
+        for _ in range(args.processes)
+    ]
+
+
+def copy_jobs(conn: psycopg.Connection, n: int) -> None:
+    with conn.cursor().copy("COPY bench_raw.jobs (kind) FROM STDIN") as copy:
+        for _ in range(n):
+            copy.write_row(("bench",))
+
+
+def unfinished(conn: psycopg.Connection) -> bool:
+    """Whether a drained job is left to run (see ours.unfinished: a seek, not a walk)."""
+    query = (
+        "SELECT EXISTS (SELECT 1 FROM bench_raw.jobs WHERE state = 'pending' AND tenant IS NULL"
+        " AND kind = 'bench' AND queue = 'default' AND priority <= 0) OR EXISTS (SELECT 1"
+        " FROM bench_raw.jobs WHERE state = 'running' ORDER BY leased_until LIMIT 1)"
+    )
+    return bool(conn.execute(query).fetchone()[0])
+
+
+def prepare(args) -> psycopg.Connection:
     conn = reset(args.dsn)
     if args.finished:
         conn.execute(
@@ -96,25 +119,42 @@ def drain(args) -> dict:
             " SELECT 'old', 'succeeded', 1, now() FROM generate_series(1, %s)",
             (args.finished,),
         )
+    if args.scenario == "trap" and args.trap != "none":
+        conn.execute(common.ballast_sql("bench_raw", args.trap, "bench"), (args.ballast,))
+    if args.finished or (args.scenario == "trap" and args.trap != "none"):
         conn.execute("VACUUM ANALYZE bench_raw.jobs")
-    workers = [
-        subprocess.Popen(
-            [sys.executable, __file__, "_worker", "--dsn", args.dsn], stdout=subprocess.DEVNULL
-        )
-        for _ in range(args.processes)
-    ]
+    return conn
+
+
+def drain(args) -> dict:
+    """Workers first, then the jobs in one COPY; the clock starts when it has committed."""
+    if args.sleep_ms or args.handler == "sync":
+        return {"skip": "the raw loop has no handlers"}
+    conn = prepare(args)
+    workers = start_workers(args)
     try:
         time.sleep(1)
-        with conn.cursor().copy("COPY bench_raw.jobs (kind) FROM STDIN") as copy:
-            for _ in range(args.n):
-                copy.write_row(("bench",))
-        query = (
-            # Walks the partial indexes: a plain EXISTS would scan the finished rows every poll.
-            "SELECT EXISTS (SELECT 1 FROM bench_raw.jobs WHERE state = 'pending' AND tenant IS NULL"
-            " AND kind = 'bench' AND queue = 'default' AND priority <= 0) OR EXISTS (SELECT 1"
-            " FROM bench_raw.jobs WHERE state = 'running' ORDER BY leased_until LIMIT 1)"
-        )
-        seconds = common.wait_until(lambda: not conn.execute(query).fetchone()[0], args.timeout)
+        copy_jobs(conn, args.n)
+        seconds = common.wait_until(lambda: not unfinished(conn), args.timeout)
+    finally:
+        for w in workers:
+            w.kill()
+            w.wait()
+    return common.rate(args.n, seconds)
+
+
+def backlog(args) -> dict:
+    """The jobs first, then the worker processes, started inside the clock."""
+    if args.sleep_ms or args.handler == "sync":
+        return {"skip": "the raw loop has no handlers"}
+    conn = prepare(args)
+    copy_jobs(conn, args.n)
+    conn.execute("ANALYZE bench_raw.jobs")  # plans as autovacuum would leave them
+    started = time.perf_counter()
+    workers = start_workers(args)
+    try:
+        common.wait_until(lambda: not unfinished(conn), args.timeout)
+        seconds = time.perf_counter() - started
     finally:
         for w in workers:
             w.kill()
@@ -128,6 +168,8 @@ if __name__ == "__main__":
             "enqueue_single": enqueue_single,
             "enqueue_bulk": enqueue_bulk,
             "drain": drain,
+            "backlog": backlog,
+            "trap": drain,
             "_worker": _worker,
         }
     )
