@@ -185,8 +185,8 @@ HOSTILE = [
 def drop_name_checks(conn: psycopg.Connection, schema: str) -> None:
     """Let raw SQL write what the CHECK constraints refuse: a hand-edited or foreign table."""
     conn.execute(
-        f'ALTER TABLE "{schema}".jobs DROP CONSTRAINT jobs_kind_check,'
-        " DROP CONSTRAINT jobs_queue_check"
+        f'ALTER TABLE "{schema}".jobs DROP CONSTRAINT jobs_kind_is_a_name,'
+        " DROP CONSTRAINT jobs_queue_is_a_name"
     )
 
 
@@ -344,7 +344,7 @@ def test_the_queue_query_reads_only_the_partial_indexes(dsn, ob, conn):
         row[0] for row in conn.execute(b"EXPLAIN " + queries.query("queue_depth", ob.schema))
     )
     assert "Seq Scan" not in plan, plan
-    assert "jobs_lease_idx" in plan and "jobs_running_idx" in plan, plan
+    assert "jobs_ready_idx" in plan and "jobs_running_kind_idx" in plan, plan
 
 
 def test_serve_metrics_serves_the_registry_over_http(registry):

@@ -93,10 +93,10 @@ def test_migrate_creates_the_table_indexes_function_and_views(conn, schema):
     }
     assert {
         "jobs_pkey",
-        "jobs_lease_idx",
+        "jobs_ready_idx",
         "jobs_tenant_idx",
         "jobs_ordering_idx",
-        "jobs_running_idx",
+        "jobs_running_kind_idx",
         "jobs_unique_key_idx",
         "jobs_problem_idx",
     } <= indexes
@@ -316,7 +316,7 @@ def test_runnable_jobs_query_uses_the_pending_index(ob, conn, schema, dsn):
     for plan in plans:
         [pick] = [p for p in plan["Plans"] if p.get("Subplan Name") == "CTE next"]
         shown = json.dumps(plan, indent=1)
-        assert "jobs_lease_idx" in _index_names(pick), shown
+        assert "jobs_ready_idx" in _index_names(pick), shown
         assert "Sort" not in _node_types(pick), shown  # the index gives the lease order
 
 

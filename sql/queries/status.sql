@@ -30,7 +30,7 @@ ORDER BY queue, kind, state
 -- name: queue_depth
 -- For metrics, per queue and kind: runnable, scheduled and running jobs, and the oldest
 -- runnable one's age. The WHERE names the predicates of the partial indexes of pending jobs
--- (jobs_lease_idx, jobs_tenant_idx) and of running ones (jobs_running_idx), ORed, so that the
+-- (jobs_ready_idx, jobs_tenant_idx) and of running ones (jobs_running_kind_idx), ORed, so that the
 -- planner combines them in a BitmapOr: finished rows, usually nearly all of the table, are never
 -- read. `state IN (...)` gives a seq scan.
 SELECT queue, kind,
