@@ -42,6 +42,7 @@ __all__ = [
     "RunnerRow",
     "Store",
     "heartbeat_plan",
+    "prune_batch_plan",
     "prune_plan",
 ]
 
@@ -169,8 +170,12 @@ class Store(Protocol):
         Jobs in ``held`` (the caller still runs them) are left alone, expired or not.
         """
 
-    async def prune(self, older_than: float) -> int:
-        """Delete jobs finished more than ``older_than`` seconds ago; return how many."""
+    async def prune(self, older_than: float, *, once_per: float | None = None) -> int:
+        """Delete jobs finished more than ``older_than`` seconds ago; return how many.
+
+        With ``once_per``, prune only when no runner has begun a round within that many
+        seconds (one runner a round); otherwise return 0.
+        """
 
     def notifications(self) -> AsyncIterator[None]:
         """Yield whenever new jobs may be runnable (it may never yield: runners also poll)."""
@@ -219,16 +224,30 @@ def _lease_order(job: Leased) -> tuple[int, datetime, int]:
     return (-job.priority, job.run_at, job.id)
 
 
+def prune_batch_plan(
+    schema: str, older_than: float, after: int, batch: int = PRUNE_BATCH
+) -> Plan[tuple[int, int | None]]:
+    """Prune one window of ``batch`` ids after ``after``.
+
+    Returns the rows deleted and where the next window starts (None: no later job can be old
+    enough).
+    """
+    rows = yield Statement(
+        queries.query("prune", schema), {"older_than": older_than, "limit": batch, "after": after}
+    )
+    deleted, last, more = rows[0]
+    return deleted, (last if more and last is not None else None)
+
+
 def prune_plan(schema: str, older_than: float, batch: int = PRUNE_BATCH) -> Plan[int]:
-    """Delete finished jobs older than ``older_than`` seconds, a batch per statement."""
-    total = 0
+    """Delete finished jobs older than ``older_than`` seconds, window by window."""
+    total, after = 0, 0
     while True:
-        rows = yield Statement(
-            queries.query("prune", schema), {"older_than": older_than, "limit": batch}
-        )
-        total += len(rows)
-        if len(rows) < batch:
+        deleted, following = yield from prune_batch_plan(schema, older_than, after, batch)
+        total += deleted
+        if following is None:
             return total
+        after = following
 
 
 def _one(query: bytes, params: Any = None) -> Plan[Rows]:
@@ -528,10 +547,29 @@ class PgStore:
                 async with conn.transaction():
                     return await arun(conn, fire_due_plan(self.schema, list(schedules)))
 
-    async def prune(self, older_than: float) -> int:
-        """Delete old finished jobs, batch by batch."""
-        async with self._connection() as conn:
-            return await arun(conn, prune_plan(self.schema, older_than))
+    async def prune(self, older_than: float, *, once_per: float | None = None) -> int:
+        """Delete old finished jobs, a window of ids at a time.
+
+        The connection goes back to the pool between windows: a long prune never holds one of
+        the runner's connections.
+        """
+        if once_per is not None:
+            async with self._connection() as conn:
+                claimed = await arun(
+                    conn, _one(queries.query("claim_prune", self.schema), {"every": once_per})
+                )
+            if not claimed:
+                return 0
+        total, after = 0, 0
+        while True:
+            async with self._connection() as conn:
+                deleted, following = await arun(
+                    conn, prune_batch_plan(self.schema, older_than, after)
+                )
+            total += deleted
+            if following is None:
+                return total
+            after = following
 
     async def register_runner(self, row: RunnerRow) -> None:
         """Upsert the runner's row."""

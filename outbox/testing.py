@@ -391,8 +391,11 @@ class InMemoryStore:
                 self._add_error(job, message, now)
             return len(expired[:limit])
 
-    async def prune(self, older_than: float) -> int:
-        """Delete jobs finished more than ``older_than`` seconds ago."""
+    async def prune(self, older_than: float, *, once_per: float | None = None) -> int:
+        """Delete jobs finished more than ``older_than`` seconds ago.
+
+        One process holds the store, so every call is a round of its own, whatever ``once_per``.
+        """
         cutoff = self._clock() - timedelta(seconds=older_than)
         with self._lock:
             old = [

@@ -1,8 +1,8 @@
 """Maintenance services: the rescuer (expired leases) and the pruner (old finished jobs).
 
-Any number of runners may run them at once: each statement locks its rows with
-``FOR UPDATE SKIP LOCKED``. A round that fails (the database is away) is simply tried again at
-the next one.
+Any number of runners may rescue at once: each statement locks its rows with
+``FOR UPDATE SKIP LOCKED``. One runner a round prunes: the first to claim it. A round that fails
+(the database is away) is simply tried again at the next one.
 """
 
 from __future__ import annotations
@@ -59,7 +59,10 @@ class Rescuer:
 
 
 class Pruner:
-    """Every PRUNE_EVERY seconds, deletes jobs that finished longer than ``retention`` ago."""
+    """Every PRUNE_EVERY seconds, deletes jobs that finished longer than ``retention`` ago.
+
+    Of all the runners on one schema, one prunes a round: the first to ask (the others skip it).
+    """
 
     name = "pruner"
 
@@ -73,7 +76,7 @@ class Pruner:
         """Prune until cancelled."""
         while True:
             try:
-                pruned = await self._store.prune(self._retention)
+                pruned = await self._store.prune(self._retention, once_per=PRUNE_EVERY * 0.9)
             except DatabaseError as exc:
                 self._log.warning("runner.prune_failed", error=safe_failure_message(exc))
             else:

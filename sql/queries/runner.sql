@@ -91,17 +91,36 @@ FROM expired
 WHERE j.id = expired.id
 RETURNING j.id
 
+-- name: claim_prune
+-- One runner prunes a round: the first to ask once `every` seconds have passed since the last.
+UPDATE {schema}.lease_state SET pruned_at = now()
+WHERE one AND (pruned_at IS NULL OR pruned_at <= now() - make_interval(secs => %(every)s))
+RETURNING true
+
 -- name: prune
--- Delete a batch of finished jobs older than the retention.
-DELETE FROM {schema}.jobs
-WHERE id IN (
-    SELECT id FROM {schema}.jobs
-    WHERE state IN ('succeeded', 'failed', 'discarded', 'cancelled')
-      AND finished_at < now() - make_interval(secs => %(older_than)s)
+-- Delete the jobs finished more than `older_than` seconds ago among the next `limit` ids after
+-- `after`, walking the primary key. Ids follow creation and a job finishes after it is created,
+-- so once a window holds no job created before the cutoff, no later one can be old enough: the
+-- walk ends there, without reading the rest of the table. Returns the rows deleted, the last id
+-- of the window (NULL: none left) and whether to go on.
+WITH win AS (
+    SELECT id, created_at FROM {schema}.jobs
+    WHERE id > %(after)s
+    ORDER BY id
     LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
+),
+gone AS (
+    DELETE FROM {schema}.jobs j
+    USING win
+    WHERE j.id = win.id
+      AND j.state IN ('succeeded', 'failed', 'discarded', 'cancelled')
+      AND j.finished_at < now() - make_interval(secs => %(older_than)s)
+    RETURNING j.id
 )
-RETURNING id
+SELECT (SELECT count(*) FROM gone)::integer,
+       (SELECT max(w.id) FROM win w),
+       coalesce((SELECT bool_or(w.created_at < now() - make_interval(secs => %(older_than)s))
+                 FROM win w), false)
 
 -- name: seconds_until_due
 -- For one-shot runs: how long until the earliest pending job of these kinds (and queues) is
