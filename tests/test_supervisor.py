@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+import psycopg
 import pytest
 from structlog.testing import capture_logs
 
@@ -230,3 +231,17 @@ async def test_a_stop_during_a_lease_still_runs_or_hands_back_what_it_leased():
     await task
     assert store.get_job(job_id).state in ("succeeded", "pending")  # never stuck running
     assert store.get_job(job_id).state == "succeeded" and done == [job_id]
+
+
+@pytest.mark.parametrize(("impl", "warned"), [("python", True), ("binary", False), ("c", False)])
+async def test_a_runner_on_pure_python_psycopg_says_so_once_at_start(monkeypatch, impl, warned):
+    monkeypatch.setattr(psycopg.pq, "__impl__", impl)
+    mux = HandlerMux()
+    mux.register("x", lambda job: None)
+    with capture_logs() as logs:
+        async with Runner(mux, store=InMemoryStore(), runner_id="r1").running():
+            await asyncio.sleep(0)
+    slow = [e for e in logs if e["event"] == "runner.slow_driver"]
+    assert len(slow) == (1 if warned else 0)
+    if warned:
+        assert "outbox-runner[binary]" in slow[0]["fix"]
