@@ -378,8 +378,9 @@ BEGIN
         leased_by = runner,
         attempted_at = now(),
         updated_at = now()
-    FROM next
-    WHERE j.id = next.id
+    -- An array, not a join: the planner cannot know how few rows `next` holds, and would
+    -- merge-join it with the whole primary key.
+    WHERE j.id = ANY(array(SELECT n.id FROM next n))
     RETURNING j.id, j.kind, j.queue, j.payload, j.priority, j.attempts, j.max_attempts,
               {schema}.finite_time(j.run_at), j.created_at, j.unique_key, j.metadata,
               j.timeout_seconds, j.tenant, j.ordering_key;
