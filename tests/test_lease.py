@@ -110,3 +110,28 @@ def test_a_lease_costs_the_same_whatever_waits_that_it_may_not_take(conn, schema
     # remains: deeper index trees under the lease's own writes, and for two groups of one kind
     # (due now, due later) the pass that merges them.
     assert beside <= alone * 1.6, (alone, beside)
+
+
+def _updates(conn: psycopg.Connection, schema: str) -> tuple[int, int]:
+    """(updated, HOT updated) rows of the jobs table this session has not reported yet."""
+    [(updated, hot)] = conn.execute(
+        "SELECT pg_stat_get_xact_tuples_updated(%s::regclass),"
+        " pg_stat_get_xact_tuples_hot_updated(%s::regclass)",
+        (f'"{schema}".jobs', f'"{schema}".jobs'),
+    ).fetchall()
+    return updated, hot
+
+
+def test_a_heartbeat_is_a_hot_update(conn, schema):
+    # It changes only leased_until, which no index holds, and fillfactor leaves room on the page:
+    # Postgres writes no index entry for it.
+    _insert(conn, schema, 40, kind="'k'")
+    leased = _lease(conn, schema, ["k"], None, 40)
+    with conn.transaction():
+        updated, hot = _updates(conn, schema)
+        conn.execute(
+            queries.query("heartbeat", schema),
+            {"ids": [row[0] for row in leased], "attempts": [row[5] for row in leased],
+             "lease_seconds": 30.0, "runner": "r"},
+        )  # fmt: skip
+        assert _updates(conn, schema) == (updated + 40, hot + 40)
