@@ -36,11 +36,11 @@ WHERE j.state IN ('pending', 'running')
 -- Ids for a COPY of n jobs, and "now" on the database's clock for their run_at. When the ids
 -- are one unbroken range (no other session took one meanwhile), only its ends travel.
 WITH ids AS (
-    SELECT nextval(pg_get_serial_sequence('{schema}.jobs', 'id')) AS id
+    SELECT nextval((SELECT pg_get_serial_sequence('{schema}.jobs', 'id')::regclass)) AS id
     FROM generate_series(1, %s)
 )
 SELECT now(), min(id), max(id),
-       CASE WHEN max(id) - min(id) + 1 = count(*) THEN NULL ELSE array_agg(id ORDER BY id) END
+       CASE WHEN max(id) - min(id) + 1 = count(*) THEN NULL ELSE array_agg(id) END
 FROM ids
 
 -- name: copy_jobs
