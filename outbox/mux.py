@@ -130,13 +130,22 @@ class HandlerMux:
     ) -> None:
         """Publish the jobs of ``kinds`` to ``destination`` (see ``outbox.relay``).
 
-        ``envelope`` is ``"raw"`` (the payload as JSON), ``"cloudevents"`` (structured) or
+        ``kinds`` names each kind exactly: a pattern (``"orders.*"``) is refused, because a
+        runner leases the kinds its mux names and a pattern would match none. ``envelope`` is
+        ``"raw"`` (the payload as JSON), ``"cloudevents"`` (structured) or
         ``"cloudevents-binary"``; ``source`` is the CloudEvents source.
         """
         from outbox.relay import relay_handler
 
+        names = [kinds] if isinstance(kinds, str) else list(kinds)
+        for kind in names:
+            if isinstance(kind, str) and any(c in kind for c in "*>?"):
+                raise ConfigurationError(
+                    f"kind patterns such as {kind!r} are not supported: a runner leases the kinds "
+                    "it names, exactly; list them: mux.relay(['orders.placed', 'orders.paid'], …)"
+                )
         handler = relay_handler(destination, envelope=envelope, source=source)
-        for kind in [kinds] if isinstance(kinds, str) else kinds:
+        for kind in names:
             self.register(kind, handler, timeout=timeout, backoff=backoff)
         if destination not in self._destinations:
             self._destinations.append(destination)

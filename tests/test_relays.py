@@ -210,3 +210,11 @@ def test_relays_refuse_bad_settings_at_registration():
         relay.nats(subject="orders.{nope}")
     with pytest.raises(ConfigurationError):
         HandlerMux().relay("k", relay.nats(subject="x"), envelope="xml")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("pattern", ["orders.*", "orders.>", ["orders.placed", "orders.?"]])
+def test_a_kind_pattern_is_refused_at_registration_with_the_kinds_to_list(pattern):
+    mux = HandlerMux()
+    with pytest.raises(ConfigurationError, match=r"kind patterns .* are not supported"):
+        mux.relay(pattern, relay.nats(subject="x"))
+    assert len(mux) == 0  # nothing half-registered
