@@ -32,9 +32,10 @@ def test_every_python_block_in_the_docs_parses(where, code):
 
 
 def test_the_included_examples_are_files_the_tests_run():
-    tested = (ROOT / "tests" / "test_cli.py").read_text() + (
-        ROOT / "tests" / "test_web_apps.py"
-    ).read_text()
+    tested = "".join(
+        (ROOT / "tests" / name).read_text()
+        for name in ("test_cli.py", "test_web_apps.py", "test_publishing.py")
+    )
     for page in PAGES:
         for path in re.findall(r'--8<-- "([^"]+)"', page.read_text()):
             if path.startswith("examples/"):
