@@ -180,6 +180,13 @@ class Store(Protocol):
     def notifications(self) -> AsyncIterator[None]:
         """Yield whenever new jobs may be runnable (it may never yield: runners also poll)."""
 
+    async def listen_for(self, seconds: float) -> None:
+        """Ask enqueuers to notify for the next ``seconds``: this runner waits for work.
+
+        Enqueues send no notification otherwise, so that their commits are not serialized
+        while every runner is busy.
+        """
+
     async def register_runner(self, row: RunnerRow) -> None:
         """Create or refresh this runner's row (its last_seen is now)."""
 
@@ -598,6 +605,11 @@ class PgStore:
         async with self._connection() as conn:
             found = await arun(conn, unhandled_kinds_plan(self.schema, stale))
         return [(u.kind, u.jobs) for u in found]
+
+    async def listen_for(self, seconds: float) -> None:
+        """Move the deadline enqueuers notify before (one statement)."""
+        async with self._connection() as conn:
+            await arun(conn, _one(queries.query("listen_for", self.schema), {"seconds": seconds}))
 
     async def notifications(self) -> AsyncIterator[None]:
         """LISTEN for new jobs on a connection of its own; a dropped one raises DatabaseError.

@@ -477,6 +477,9 @@ class InMemoryStore:
                     counts[job["kind"]] = counts.get(job["kind"], 0) + 1
         return sorted(counts.items(), key=lambda kc: (-kc[1], kc[0]))
 
+    async def listen_for(self, seconds: float) -> None:
+        """Nothing to do: every enqueue wakes this store's listeners."""
+
     async def notifications(self) -> AsyncIterator[None]:
         """Yield after each enqueue."""
         event = asyncio.Event()

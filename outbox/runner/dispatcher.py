@@ -24,10 +24,15 @@ from outbox.runner.state import Lane, Shared
 from outbox.safety import safe_failure_message
 from outbox.store import Leased, Store
 
-__all__ = ["GATHER_SECONDS", "LEASE_BACKOFF", "Dispatcher"]
+__all__ = ["GATHER_SECONDS", "LEASE_BACKOFF", "RECHECK_SECONDS", "Dispatcher"]
 
 GATHER_SECONDS = 0.002
 """With a backlog, how long a lane waits for more free slots before leasing a small batch."""
+
+RECHECK_SECONDS = (0.005, 0.02, 0.05, 0.1, 0.2)
+"""After a runner asks enqueuers to notify again (it had been busy for a poll interval), the
+waits before its next leases. A transaction that enqueued before the request reached Postgres
+sent no notification; one that commits within these waits is still found at once."""
 
 LEASE_BACKOFF = Backoff(base=0.1, cap=2.0)
 """Waits between tries to lease while the database is away."""
@@ -66,6 +71,7 @@ class Dispatcher:
         self._poll_interval = poll_interval
         self._clock = clock
         self._log = log
+        self._rechecks: list[float] = []
 
     async def run(self) -> None:
         """Lease and start jobs until the runner stops."""
@@ -102,6 +108,8 @@ class Dispatcher:
                     self._log.debug("runner.leased", jobs=got, queues=lane.queues)
                 # A full batch means more are probably waiting; a short one, that none are.
                 backlog = got == want
+                if got:
+                    self._rechecks.clear()
             if got and got == want:
                 continue
             if self._once and not got and not lane.busy:
@@ -110,7 +118,34 @@ class Dispatcher:
                     return
                 await self._clock.wait(lane.wake, pause)
                 continue
-            await self._clock.wait(lane.wake, self._poll_interval)
+            if want > 0 and await self._listen_for_work():
+                continue  # lease again: jobs may have committed before the request
+            wait = self._rechecks.pop(0) if self._rechecks else self._poll_interval
+            await self._clock.wait(lane.wake, wait)
+
+    async def _listen_for_work(self) -> bool:
+        """With free slots and no work: keep enqueuers notifying for two poll intervals more.
+
+        Returns True when they may have stopped (this runner had not asked for that long): jobs
+        enqueued meanwhile sent no notification, so the lane leases again now, and again after
+        each of RECHECK_SECONDS.
+        """
+        shared = self._shared
+        now = self._clock.monotonic()
+        if not shared.listening or now - shared.listened_at < self._poll_interval / 2:
+            return False
+        # Two poll intervals ahead, renewed after half of one: an idle lane wakes at least
+        # every poll interval, so the deadline never lapses while it waits.
+        lapsed = now - shared.listened_at >= 2 * self._poll_interval
+        try:
+            await self._store.listen_for(2 * self._poll_interval)
+        except DatabaseError as exc:
+            self._log.warning("runner.listen_failed", error=safe_failure_message(exc))
+            return False
+        shared.listened_at = now
+        if lapsed:
+            self._rechecks = list(RECHECK_SECONDS)
+        return lapsed
 
     async def _idle_pause(self) -> float | None:
         """In a one-shot run with nothing due: how long to wait for more, or None to end."""

@@ -3,6 +3,8 @@
 It holds one connection of its own. When that connection drops it reconnects with backoff and
 wakes every lane at once, since notifications sent while no one listened are lost. Runners
 also poll, so a listener that cannot connect only makes new jobs start a poll interval later.
+While it listens, idle dispatchers ask enqueuers to notify (``Store.listen_for``); enqueues
+send no notification otherwise.
 """
 
 from __future__ import annotations
@@ -36,12 +38,17 @@ class Listener:
     async def run(self) -> None:
         """Listen until cancelled, reconnecting when the connection drops."""
         failures = 0
-        while True:
-            try:
-                async for _ in self._store.notifications():
-                    failures = 0
-                    self._shared.wake_all()
-            except DatabaseError as exc:
-                failures += 1
-                self._log.warning("runner.listen_failed", error=safe_failure_message(exc))
-                await self._clock.sleep(LISTEN_BACKOFF.delay(failures))
+        try:
+            while True:
+                try:
+                    async for _ in self._store.notifications():
+                        failures = 0
+                        self._shared.listening = True
+                        self._shared.wake_all()
+                except DatabaseError as exc:
+                    self._shared.listening = False
+                    failures += 1
+                    self._log.warning("runner.listen_failed", error=safe_failure_message(exc))
+                    await self._clock.sleep(LISTEN_BACKOFF.delay(failures))
+        finally:
+            self._shared.listening = False

@@ -7,6 +7,7 @@ state (events, the held table, the outcome queue), and only the runner knows the
 from __future__ import annotations
 
 import asyncio
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -67,6 +68,10 @@ class Shared:
         self.writes_failing_since: float | None = None
         """Monotonic time of the first failed write of outcomes still unwritten, else None."""
         self.tracing = False
+        self.listening = False
+        """The listener holds a LISTEN: notifications reach this runner."""
+        self.listened_at = -math.inf
+        """Monotonic time this runner last asked enqueuers to notify (Store.listen_for)."""
         for lane in lanes:
             lane.wake = asyncio.Event()
             lane.busy = 0

@@ -133,3 +133,7 @@ WHERE ((state = 'pending' AND tenant IS NULL) OR (state = 'pending' AND tenant I
 
 -- name: listen
 LISTEN {channel}
+
+-- name: listen_for
+-- This runner waits for work: enqueues notify for the next `seconds` (migration 0008).
+SELECT {schema}.listen_for(%(seconds)s)
