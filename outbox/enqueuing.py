@@ -308,6 +308,13 @@ def _non_finite(value: Any, depth: int = 0) -> bool:
 
 def enqueue_plan(schema: str, job: JobRow, if_exists: IfExists) -> Plan[int]:
     """Insert one job; for a live unique_key, return the existing job's id (or raise)."""
+    if job.unique_key is None:
+        rows = yield Statement(
+            queries.query("insert_job_without_key", schema),
+            (job.kind, job.queue, job.payload, job.priority, job.max_attempts, job.run_at,
+             job.delay, job.metadata, job.timeout, job.tenant, job.ordering_key),
+        )  # fmt: skip
+        return int(rows[0][0])
     insert = queries.query("insert_job", schema)
     params = (
         job.kind,

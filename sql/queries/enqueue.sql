@@ -9,6 +9,15 @@ ON CONFLICT (kind, unique_key) WHERE unique_key IS NOT NULL AND state IN ('pendi
 DO NOTHING
 RETURNING id
 
+-- name: insert_job_without_key
+-- The same without a unique_key: no ON CONFLICT, whose speculative insertion costs every row a
+-- confirmation record in the WAL even when no unique index applies to it.
+INSERT INTO {schema}.jobs (kind, queue, payload, priority, max_attempts, run_at, metadata,
+                          timeout_seconds, tenant, ordering_key)
+VALUES (%s, %s, %s::jsonb, %s, %s, coalesce(%s::timestamptz, now() + make_interval(secs => %s::float8)),
+        %s::jsonb, %s::float8, %s, %s)
+RETURNING id
+
 -- name: live_job_by_unique_key
 SELECT id FROM {schema}.jobs
 WHERE kind = %s AND unique_key = %s AND state IN ('pending', 'running')
