@@ -51,6 +51,11 @@ class Scenario:
 
 SCENARIOS = [
     Scenario("enqueue_single", "enqueue, one job per transaction", "enqueue_single", 3000, 500),
+    Scenario("enqueue_clients", "enqueue, one job per transaction, 16 client threads",
+             "enqueue_clients", 20_000, 4000, {"clients": 16}, only=("ours", "raw_sql", "raw_min")),
+    Scenario("enqueue_clients_listening", "the same while a runner waits (every enqueue notifies)",
+             "enqueue_clients", 20_000, 4000, {"clients": 16, "listening": True}, only=("ours",),
+             baseline="enqueue_clients"),
     Scenario("enqueue_bulk", "enqueue 100,000 jobs in one call", "enqueue_bulk", 100_000, 20_000),
     Scenario("drain_c1", "drain 3,000 jobs, 1 process, concurrency 1", "drain", 3000, 1000,
              {"concurrency": 1}),
@@ -169,7 +174,7 @@ def run_one(python: str, script: str, sc: Scenario, dsn: str, quick: bool, timeo
     args = [python, script, sc.scenario, "--dsn", dsn, "--n", str(sc.quick_n if quick else sc.n),
             "--timeout", str(timeout)]  # fmt: skip
     for key, value in {**sc.options, **(sc.quick_options if quick else {})}.items():
-        args += [f"--{key}", str(value)]
+        args += [f"--{key}"] if value is True else [f"--{key}", str(value)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     try:
         done = subprocess.run(

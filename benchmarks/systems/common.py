@@ -8,6 +8,8 @@ that cannot run a scenario prints ``{"skip": "why"}``.
 Scenarios:
   enqueue_single  N jobs, one transaction each                     -> jobs/s
   enqueue_bulk    N jobs in one call                                -> jobs/s
+  enqueue_clients N jobs, one transaction each, from --clients threads
+                  with a connection each (a web app's workers)      -> jobs/s
   drain           N jobs enqueued (in one statement) to --processes
                   runner processes already started, at --concurrency,
                   handlers sleeping --sleep-ms (0: no-op); the clock
@@ -61,6 +63,9 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--limits", type=int, default=0, help="a running limit per tenant")
     parser.add_argument("--trap", choices=["none", "kind", "queue", "scheduled"], default="none")
     parser.add_argument("--ballast", type=int, default=0, help="trap: pending jobs not to run")
+    parser.add_argument("--clients", type=int, default=16, help="enqueue_clients: threads")
+    parser.add_argument("--listening", action="store_true",
+                        help="enqueue_clients: as if a runner waited for work (outbox only)")
     return parser.parse_args()
 
 
@@ -142,3 +147,31 @@ def main(scenarios: dict[str, Callable[[argparse.Namespace], dict[str, Any]]]) -
         return
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     emit(run(args))
+
+
+def from_clients(args, insert: Callable[[Any, int], None]) -> dict[str, Any]:
+    """``args.n`` calls of ``insert(conn, i)``, one transaction each, spread over
+    ``args.clients`` threads with an autocommit connection each; timed from a common start."""
+    import threading
+
+    import psycopg
+
+    conns = [psycopg.connect(args.dsn, autocommit=True) for _ in range(args.clients)]
+    start = threading.Barrier(args.clients + 1)
+
+    def client(k: int) -> None:
+        start.wait()
+        for i in range(k, args.n, args.clients):
+            insert(conns[k], i)
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(args.clients)]
+    for t in threads:
+        t.start()
+    start.wait()
+    started = time.perf_counter()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - started
+    for c in conns:
+        c.close()
+    return {**rate(args.n, elapsed), "clients": args.clients}

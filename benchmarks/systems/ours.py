@@ -64,6 +64,13 @@ def enqueue_single(args) -> dict:
     return common.rate(args.n, time.perf_counter() - started)
 
 
+def enqueue_clients(args) -> dict:
+    conn = reset(args.dsn)
+    if args.listening:  # what every enqueue did before migration 8: notify
+        conn.execute("SELECT bench_outbox.listen_for(3600)")
+    return common.from_clients(args, lambda c, i: OB.enqueue(c, "bench", {"i": i}))
+
+
 def enqueue_bulk(args) -> dict:
     conn = reset(args.dsn)
     jobs = [NewJob("bench", {"i": i}) for i in range(args.n)]
@@ -223,6 +230,7 @@ if __name__ == "__main__":
     common.main(
         {
             "enqueue_single": enqueue_single,
+            "enqueue_clients": enqueue_clients,
             "enqueue_bulk": enqueue_bulk,
             "drain": drain,
             "backlog": backlog,

@@ -61,6 +61,17 @@ def enqueue_single(args) -> dict:
     return common.rate(args.n, time.perf_counter() - started)
 
 
+def enqueue_clients(args) -> dict:
+    reset(args.dsn).close()
+    return common.from_clients(
+        args,
+        lambda c, i: c.execute(
+            "INSERT INTO bench_raw.jobs (kind, payload) VALUES (%s, %s::jsonb)",
+            ("bench", f'{{"i": {i}}}'),
+        ),
+    )
+
+
 def enqueue_bulk(args) -> dict:
     conn = reset(args.dsn)
     rows = [("bench", f'{{"i": {i}}}') for i in range(args.n)]
@@ -166,6 +177,7 @@ if __name__ == "__main__":
     common.main(
         {
             "enqueue_single": enqueue_single,
+            "enqueue_clients": enqueue_clients,
             "enqueue_bulk": enqueue_bulk,
             "drain": drain,
             "backlog": backlog,
