@@ -15,7 +15,7 @@ import contextlib
 import contextvars
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any
@@ -116,7 +116,7 @@ class Executor:
         held = Held(job, lane, self._mux.route(kind))
         lane.busy += 1
         self._shared.held[held.key] = held
-        held.task = asyncio.create_task(self._run(held), name=f"outbox-job-{job_id}")
+        held.task = _start_task(self._run(held), f"outbox-job-{job_id}")
 
     async def _run(self, held: Held) -> None:
         job, route = held.job, held.route
@@ -220,3 +220,16 @@ class Executor:
         else:
             delay = (route.backoff or self._backoff).delay(job.attempts)
         return Written(job.id, job.attempts, JobState.PENDING.value, delay=delay, error=message)
+
+
+if sys.version_info >= (3, 12):
+
+    def _start_task(coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        # Eager: the handler runs at once, up to its first await; one that never awaits (a
+        # no-op, a cached answer) finishes without a trip through the event loop.
+        return asyncio.Task(coro, loop=asyncio.get_running_loop(), name=name, eager_start=True)
+
+else:
+
+    def _start_task(coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        return asyncio.create_task(coro, name=name)

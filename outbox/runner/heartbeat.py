@@ -136,7 +136,11 @@ class Heartbeat:
 
     def _async_kinds_running(self) -> list[str]:
         held = self._shared.snapshot()
-        kinds = {h.job.kind for h in held if h.route.is_async and h.task and not h.task.done()}
+        kinds = {
+            h.job.kind
+            for h in held
+            if h.route.is_async and (h.task is None or not h.task.done())  # None: starting
+        }
         return sorted(safe_label(kind) for kind in kinds)
 
     def _stop_lost(self, lost: set[LeaseKey]) -> None:

@@ -116,5 +116,6 @@ class Shared:
         return [
             held.key
             for held in self.snapshot()
-            if held.outcome_queued or (held.task is not None and not held.task.done())
+            # No task yet: the handler is starting (an eager task runs before it is returned).
+            if held.outcome_queued or held.task is None or not held.task.done()
         ]
