@@ -3,7 +3,7 @@ webhook receiver process: a runner killed with kill -9 and the broker (or receiv
 mid-run lose nothing; NATS publishes nothing twice, RabbitMQ and webhooks repeat an event only
 with its id (run with -s to see the counts); ordering keys keep their order at the consumer.
 
-``OUTBOX_TEST_RELAY_EVENTS`` (default 5,000) sets the size of each fault test."""
+``OUTBOX_TEST_RELAY_EVENTS`` (default 3,000) sets the size of each fault test."""
 
 from __future__ import annotations
 
@@ -94,8 +94,8 @@ async def _read_all(prefix: str, subject: str, count: int) -> list[tuple[str, di
     return events
 
 
-EVENTS = int(os.environ.get("OUTBOX_TEST_RELAY_EVENTS", "5000"))
-"""Events per fault test, 9 in 10 committed. 5,000 keeps the suite short (the webhook receiver
+EVENTS = int(os.environ.get("OUTBOX_TEST_RELAY_EVENTS", "3000"))
+"""Events per fault test, 9 in 10 committed. 3,000 keeps the suite short (the webhook receiver
 takes about 300 a second); OUTBOX_TEST_RELAY_EVENTS=10000 is the size docs/relays.md reports."""
 
 
