@@ -88,7 +88,7 @@ def unfinished(conn: psycopg.Connection, kind: str = "bench") -> bool:
         " AND kind = %s AND queue = 'default' AND priority <= 0)"
         " OR EXISTS (SELECT 1 FROM bench_outbox.jobs WHERE state = 'pending'"
         " AND tenant IS NOT NULL) OR EXISTS (SELECT 1 FROM bench_outbox.jobs"
-        " WHERE state = 'running' ORDER BY leased_until LIMIT 1)"
+        " WHERE state = 'running' ORDER BY kind LIMIT 1)"
     )
     return bool(conn.execute(query, (kind,)).fetchone()[0])
 
