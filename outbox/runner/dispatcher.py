@@ -30,9 +30,10 @@ GATHER_SECONDS = 0.002
 """With a backlog, how long a lane waits for more free slots before leasing a small batch."""
 
 RECHECK_SECONDS = (0.005, 0.02, 0.05, 0.1, 0.2)
-"""After a runner asks enqueuers to notify again (it had been busy for a poll interval), the
-waits before its next leases. A transaction that enqueued before the request reached Postgres
-sent no notification; one that commits within these waits is still found at once."""
+"""After a runner asks enqueuers to notify again (it had not asked for two poll intervals: it
+was busy), the waits before its next leases. A transaction that enqueued before the request
+reached Postgres sent no notification; one that commits within these waits is still found at
+once, and one that commits later within a poll interval."""
 
 LEASE_BACKOFF = Backoff(base=0.1, cap=2.0)
 """Waits between tries to lease while the database is away."""
