@@ -400,20 +400,6 @@ def _typed(kind: str, payload: Any, models: Mapping[str, type[BaseModel]]) -> An
         ) from None
 
 
-def _plain(job: NewJob) -> bool:
-    return (
-        job.run_at is None
-        and job.delay is None
-        and job.max_attempts is None
-        and job.priority == 0
-        and type(job.priority) is int
-        and job.unique_key is None
-        and job.timeout is None
-        and job.tenant is None
-        and job.ordering_key is None
-    )
-
-
 def prepare_many(
     jobs: Iterable[NewJob],
     *,
@@ -428,22 +414,6 @@ def prepare_many(
         if not isinstance(job, NewJob):
             raise InvalidOptionError(f"job {index} is a {type(job).__name__}, expected NewJob")
         try:
-            if _plain(job) and not models:
-                # Every option at its default: only the kind, queue and payload need checking.
-                rows.append(
-                    JobRow(
-                        _kind(job.kind),
-                        _queue(job.queue, queues),
-                        dump_payload(job.payload, max_payload_bytes),
-                        0,
-                        DEFAULT_MAX_ATTEMPTS,
-                        None,
-                        0.0,
-                        None,
-                        metadata,
-                    )
-                )
-                continue
             rows.append(
                 prepare(
                     job.kind,
