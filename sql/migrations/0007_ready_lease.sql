@@ -44,6 +44,7 @@ SET enable_bitmapscan = off
 AS $$
 #variable_conflict use_column
 DECLARE
+    served text[] := array(SELECT DISTINCT unnest(queues));  -- {{}} for NULL: then every queue
     k text;
     q text;
     qi integer;
@@ -60,7 +61,7 @@ BEGIN
                       ORDER BY j.queue LIMIT 1);
             ELSE
                 qi := qi + 1;
-                q := (array(SELECT DISTINCT unnest(queues)))[qi];
+                q := served[qi];
             END IF;
             EXIT WHEN q IS NULL;
             below := 32767;
