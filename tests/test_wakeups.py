@@ -12,11 +12,26 @@ import time
 import psycopg
 
 from outbox import Backoff, HandlerMux, Job, Runner
+from outbox.clock import SystemClock
 from tests.helpers import eventually, running
 
 
 def make_runner(dsn, ob, mux, **options) -> Runner:
     return Runner(mux, dsn=dsn, outbox=ob, backoff=Backoff(0.01, 0.05), lease_seconds=3, **options)
+
+
+class JumpingClock(SystemClock):
+    """The real clock, whose monotonic time can jump ahead (waits stay real)."""
+
+    def __init__(self) -> None:
+        self.ahead = 0.0
+
+    def monotonic(self) -> float:
+        return super().monotonic() + self.ahead
+
+
+def _deadline(conn, schema: str) -> int:
+    return conn.execute(f'SELECT last_value FROM "{schema}".listened_until').fetchone()[0]
 
 
 def _notified(listener: psycopg.Connection, timeout: float = 0.3) -> int:
@@ -34,7 +49,7 @@ def test_an_enqueue_notifies_only_while_a_runner_waits(dsn, ob, conn):
         ob.enqueue(conn, "k")
         assert _notified(listener) == 1
 
-        conn.execute(f'SELECT setval(\'"{ob.schema}".listened_until\', 0)')  # the deadline passed
+        conn.execute(f"SELECT setval('\"{ob.schema}\".listened_until', 0)")  # the deadline passed
         ob.enqueue(conn, "k")
         assert _notified(listener) == 0
 
@@ -62,9 +77,9 @@ async def test_an_idle_runner_keeps_enqueuers_notifying(dsn, ob, conn):
 
 
 async def test_a_job_committed_while_every_runner_was_busy_starts_when_one_frees(dsn, ob, conn):
-    # The runner is busy for longer than its deadline (2 poll intervals), so enqueues stop
-    # notifying; a transaction enqueues, and commits just after the runner ran out of work and
-    # asked anew. Its job starts at the runner's next lease, not a poll interval later.
+    # The runner is busy for longer than its deadline (2 poll intervals, on a clock that jumps),
+    # so enqueues stop notifying; a transaction enqueues, and commits just after the runner ran
+    # out of work and asked anew. Its job starts at the runner's next lease, not a poll later.
     mux = HandlerMux()
     release = asyncio.Event()
     ran: dict[str, float] = {}
@@ -77,16 +92,21 @@ async def test_a_job_committed_while_every_runner_was_busy_starts_when_one_frees
     async def next_(job: Job) -> None:
         ran["next"] = time.monotonic()
 
+    clock = JumpingClock()
+    runner = make_runner(dsn, ob, mux, poll_interval=1.0, concurrency=1, clock=clock)
     with psycopg.connect(dsn, autocommit=True) as listener:
         listener.execute(f'LISTEN "{ob.schema}_jobs"')
-        async with running(make_runner(dsn, ob, mux, poll_interval=1.0, concurrency=1)):
+        async with running(runner):
             long_id = ob.enqueue(conn, "long")
             await eventually(lambda: ob.get_job(conn, long_id).state == "running")
-            await asyncio.sleep(2.2)  # the deadline is the database's clock: this one passes
+            # Two poll intervals pass for the runner, and the database's deadline with them.
+            clock.ahead += 2.5
+            conn.execute(f"SELECT setval('\"{ob.schema}\".listened_until', 0)")
             with psycopg.connect(dsn) as other:
                 next_id = ob.enqueue(other, "next")  # sends no notification: nobody waits
                 release.set()
-                await asyncio.sleep(0.1)  # the runner runs out of work and asks anew
+                # The runner runs out of work and asks anew; then the transaction commits.
+                await eventually(lambda: _deadline(conn, ob.schema) > 0, every=0.005)
                 other.commit()
                 committed = time.monotonic()
             await eventually(lambda: "next" in ran, timeout=5)
