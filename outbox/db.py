@@ -8,13 +8,15 @@ psycopg error is turned into an OutboxError here.
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Coroutine, Generator, Mapping, Sequence
+from collections.abc import Coroutine, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg import pq
 
 from outbox.errors import (
     ConfigurationError,
@@ -51,10 +53,14 @@ class Statement:
 
 @dataclass(frozen=True, slots=True)
 class Copy:
-    """A ``COPY … FROM STDIN`` of a plan, with the rows to stream; it receives no rows."""
+    """A ``COPY … FROM STDIN`` of a plan, with the rows to stream; it receives no rows.
+
+    ``rows`` may be a generator that validates as it goes: the COPY runs in a savepoint, so an
+    error it raises (or the server's) leaves the caller's transaction as it was.
+    """
 
     query: bytes
-    rows: Sequence[Sequence[Any]]
+    rows: Iterable[Sequence[Any]]
 
 
 Plan = Generator[Statement | Copy, Rows, T]
@@ -130,6 +136,54 @@ def _rows(cursor: psycopg.Cursor[Any] | psycopg.AsyncCursor[Any]) -> Rows:
     return [] if cursor.description is None else cursor.fetchall()  # type: ignore[return-value]
 
 
+_SAVEPOINT = b"SAVEPOINT outbox_copy"
+_RELEASE = b"RELEASE SAVEPOINT outbox_copy"
+_ROLLBACK = b"ROLLBACK TO SAVEPOINT outbox_copy"
+
+
+def _in_transaction(conn: AnyConnection) -> bool:
+    """Whether a statement now runs in a transaction that outlives it (so a savepoint can help)."""
+    return not conn.autocommit or conn.info.transaction_status != pq.TransactionStatus.IDLE
+
+
+def _copy(conn: psycopg.Connection[Any], cursor: psycopg.Cursor[Any], statement: Copy) -> None:
+    savepoint = _in_transaction(conn)
+    if savepoint:
+        cursor.execute(_SAVEPOINT)
+    try:
+        with cursor.copy(statement.query) as copy:
+            for row in statement.rows:
+                copy.write_row(row)
+    except Exception:
+        if savepoint and conn.info.transaction_status == pq.TransactionStatus.INERROR:
+            with contextlib.suppress(psycopg.Error):  # a dead connection: the first error tells
+                cursor.execute(_ROLLBACK)
+                cursor.execute(_RELEASE)
+        raise
+    if savepoint:
+        cursor.execute(_RELEASE)
+
+
+async def _acopy(
+    conn: psycopg.AsyncConnection[Any], cursor: psycopg.AsyncCursor[Any], statement: Copy
+) -> None:
+    savepoint = _in_transaction(conn)
+    if savepoint:
+        await cursor.execute(_SAVEPOINT)
+    try:
+        async with cursor.copy(statement.query) as copy:
+            for row in statement.rows:
+                await copy.write_row(row)
+    except Exception:
+        if savepoint and conn.info.transaction_status == pq.TransactionStatus.INERROR:
+            with contextlib.suppress(psycopg.Error):
+                await cursor.execute(_ROLLBACK)
+                await cursor.execute(_RELEASE)
+        raise
+    if savepoint:
+        await cursor.execute(_RELEASE)
+
+
 def run(conn: psycopg.Connection[Any], plan: Plan[T]) -> T:
     """Carry out ``plan`` on a sync connection."""
     try:
@@ -138,9 +192,7 @@ def run(conn: psycopg.Connection[Any], plan: Plan[T]) -> T:
             with conn.cursor() as cursor:
                 try:
                     if isinstance(statement, Copy):
-                        with cursor.copy(statement.query) as copy:
-                            for row in statement.rows:
-                                copy.write_row(row)
+                        _copy(conn, cursor, statement)
                         rows: Rows = []
                     else:
                         cursor.execute(statement.query, statement.params)
@@ -160,9 +212,7 @@ async def arun(conn: psycopg.AsyncConnection[Any], plan: Plan[T]) -> T:
             async with conn.cursor() as cursor:
                 try:
                     if isinstance(statement, Copy):
-                        async with cursor.copy(statement.query) as copy:
-                            for row in statement.rows:
-                                await copy.write_row(row)
+                        await _acopy(conn, cursor, statement)
                         rows: Rows = []
                     else:
                         await cursor.execute(statement.query, statement.params)

@@ -10,7 +10,7 @@ import functools
 import math
 import numbers
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal, NamedTuple
 
@@ -42,12 +42,16 @@ __all__ = [
     "IfExists",
     "JobRow",
     "check_label",
+    "checked_jobs",
+    "counted",
+    "enqueue_many_fast_plan",
     "enqueue_many_plan",
     "enqueue_many_via_function_plan",
     "enqueue_plan",
     "enqueue_via_function_plan",
     "prepare",
     "prepare_many",
+    "refuse_unique_keys",
 ]
 
 DEFAULT_MAX_ATTEMPTS = 20
@@ -400,57 +404,123 @@ def _typed(kind: str, payload: Any, models: Mapping[str, type[BaseModel]]) -> An
         ) from None
 
 
+def checked_jobs(jobs: Iterable[NewJob]) -> list[NewJob]:
+    """The jobs of a bulk enqueue as a list, refusing anything that is not a NewJob."""
+    checked = list(jobs)
+    for index, job in enumerate(checked):
+        if type(job) is not NewJob and not isinstance(job, NewJob):
+            raise InvalidOptionError(f"job {index} is a {type(job).__name__}, expected NewJob")
+    return checked
+
+
 def prepare_many(
-    jobs: Iterable[NewJob],
+    jobs: list[NewJob],
     *,
     max_payload_bytes: int,
     queues: frozenset[str] | None,
     models: Mapping[str, type[BaseModel]] | None = None,
-) -> list[JobRow]:
-    """Validate every job; nothing is written unless all are valid."""
-    rows = []
+) -> Iterator[JobRow]:
+    """Validate each job as it is consumed; an InvalidJobError names the bad job's index.
+
+    A generator, so that a bulk enqueue streams each row to COPY while the server takes the
+    ones before it: ``Copy`` runs in a savepoint, so a bad job still writes nothing.
+    """
     metadata = tracing.current_metadata()
     for index, job in enumerate(jobs):
-        if not isinstance(job, NewJob):
-            raise InvalidOptionError(f"job {index} is a {type(job).__name__}, expected NewJob")
         try:
-            rows.append(
-                prepare(
-                    job.kind,
-                    job.payload,
-                    run_at=job.run_at,
-                    delay=job.delay,
-                    max_attempts=job.max_attempts,
-                    priority=job.priority,
-                    queue=job.queue,
-                    unique_key=job.unique_key,
-                    max_payload_bytes=max_payload_bytes,
-                    queues=queues,
-                    metadata=metadata,
-                    models=models,
-                    timeout=job.timeout,
-                    tenant=job.tenant,
-                    ordering_key=job.ordering_key,
-                )
+            yield prepare(
+                job.kind,
+                job.payload,
+                run_at=job.run_at,
+                delay=job.delay,
+                max_attempts=job.max_attempts,
+                priority=job.priority,
+                queue=job.queue,
+                unique_key=job.unique_key,
+                max_payload_bytes=max_payload_bytes,
+                queues=queues,
+                metadata=metadata,
+                models=models,
+                timeout=job.timeout,
+                tenant=job.tenant,
+                ordering_key=job.ordering_key,
             )
         except InvalidJobError as exc:
             raise type(exc)(f"job {index}: {exc}") from None
-    return rows
 
 
-def enqueue_many_plan(schema: str, rows: list[JobRow]) -> Plan[list[int]]:
+def enqueue_many_plan(schema: str, jobs: list[NewJob], rows: Iterator[JobRow]) -> Plan[list[int]]:
     """Insert many jobs; returns one id per job, in input order.
 
-    Without unique keys the rows stream in with COPY, after one statement that reserves their
-    ids and reads the database's clock. With unique keys they go in one INSERT … ON CONFLICT,
-    each with an id reserved for it: a job whose (kind, unique_key) matches a live job (or an
-    earlier job of the same call) is not inserted, and that live job's id stands in its place.
+    ``rows`` are ``jobs`` validated (``prepare_many``). Without unique keys the rows stream in
+    with COPY, after one statement that reserves their ids and reads the database's clock. With
+    unique keys they go in one INSERT … ON CONFLICT, each with an id reserved for it: a job whose
+    (kind, unique_key) matches a live job (or an earlier job of the same call) is not inserted,
+    and that live job's id stands in its place.
     """
-    if not rows:
+    if not jobs:
         return []
-    if all(r.unique_key is None for r in rows):
-        return (yield from _copy_jobs(schema, rows))
-    ids = yield from _reserve_ids(schema, len(rows))
+    if any(job.unique_key is not None for job in jobs):
+        return (yield from _insert_unique(schema, list(rows)))
+    now, ids = yield from _reserve_ids(schema, len(jobs))
+    timed = _timed(jobs)
+    query = queries.query("copy_jobs" if timed else "copy_jobs_now", schema)
+    yield Copy(query, _copy_rows(rows, ids, now if timed else None))
+    return ids
+
+
+def refuse_unique_keys(jobs: list[NewJob]) -> None:
+    """Refuse unique keys for ``enqueue_many_fast``: a live duplicate's id has nowhere to go."""
+    for index, job in enumerate(jobs):
+        if job.unique_key is not None:
+            raise InvalidOptionError(
+                f"job {index} has a unique_key, which enqueue_many_fast does not take (it returns "
+                "no ids, so a live duplicate could not be reported): use enqueue_many"
+            )
+
+
+def counted(plan: Plan[list[int]]) -> Plan[int]:
+    """``plan``, returning how many ids it returned."""
+    return len((yield from plan))
+
+
+def enqueue_many_fast_plan(schema: str, jobs: list[NewJob], rows: Iterator[JobRow]) -> Plan[int]:
+    """Insert many jobs without unique keys with COPY and no id reservation; return how many."""
+    refuse_unique_keys(jobs)
+    if not jobs:
+        return 0
+    now = None
+    if timed := _timed(jobs):
+        now = (yield Statement(queries.query("now", schema)))[0][0]
+    query = queries.query("copy_jobs_without_ids" if timed else "copy_jobs_now_without_ids", schema)
+    yield Copy(query, _copy_rows(rows, None, now))
+    return len(jobs)
+
+
+def _timed(jobs: list[NewJob]) -> bool:
+    """Whether any job has a run_at or a delay: else run_at takes the column's default, now()."""
+    return any(job.run_at is not None or job.delay is not None for job in jobs)
+
+
+def _copy_rows(
+    rows: Iterator[JobRow], ids: list[int] | None, now: datetime | None
+) -> Iterator[tuple[Any, ...]]:
+    """COPY's rows: the id first when reserved, run_at last when some job is timed."""
+    for n, r in enumerate(rows):
+        row: tuple[Any, ...] = (
+            r.kind, r.queue, r.payload, r.priority, r.max_attempts, r.metadata, r.timeout,
+            r.tenant, r.ordering_key,
+        )  # fmt: skip
+        if ids is not None:
+            row = (ids[n], *row)
+        if now is not None:
+            row = (*row, r.run_at or (now + timedelta(seconds=r.delay) if r.delay else now))
+        yield row
+
+
+def _insert_unique(schema: str, rows: list[JobRow]) -> Plan[list[int]]:
+    """Insert jobs of which some have a unique_key: live duplicates give their ids instead."""
+    _, ids = yield from _reserve_ids(schema, len(rows))
     columns = (
         ids,
         [r.kind for r in rows],
@@ -477,47 +547,15 @@ def enqueue_many_plan(schema: str, rows: list[JobRow]) -> Plan[list[int]]:
     live = {(kind, key): job_id for kind, key, job_id in found}
     gone = [r for _, r in skipped if (r.kind, r.unique_key) not in live]
     if gone:  # the live job finished meanwhile: insert those again
-        again = iter((yield from enqueue_many_plan(schema, gone)))
+        again = iter((yield from _insert_unique(schema, gone)))
         for r in gone:
             live[(r.kind, r.unique_key)] = next(again)
     pairs = zip(ids, rows, strict=True)
     return [i if i in inserted else live[(r.kind, r.unique_key)] for i, r in pairs]
 
 
-def _reserve_ids(schema: str, n: int) -> Plan[list[int]]:
+def _reserve_ids(schema: str, n: int) -> Plan[tuple[datetime, list[int]]]:
+    """``n`` ids for new jobs, and now on the database's clock."""
     reserved = yield Statement(queries.query("reserve_job_ids", schema), (n,))
-    _, first, last, scattered = reserved[0]
-    return list(range(first, last + 1)) if scattered is None else list(scattered)
-
-
-def _copy_jobs(schema: str, rows: list[JobRow]) -> Plan[list[int]]:
-    reserved = yield Statement(queries.query("reserve_job_ids", schema), (len(rows),))
     now, first, last, scattered = reserved[0]
-    ids: list[int] = list(range(first, last + 1)) if scattered is None else scattered
-    data: list[tuple[Any, ...]]
-    if all(r.run_at is None and not r.delay for r in rows):
-        data = [
-            (
-                i,
-                r.kind,
-                r.queue,
-                r.payload,
-                r.priority,
-                r.max_attempts,
-                r.metadata,
-                r.timeout,
-                r.tenant,
-                r.ordering_key,
-            )
-            for i, r in zip(ids, rows, strict=True)
-        ]
-        yield Copy(queries.query("copy_jobs_now", schema), data)
-        return ids
-    data = [
-        (i, r.kind, r.queue, r.payload, r.priority, r.max_attempts, r.metadata, r.timeout,
-         r.tenant, r.ordering_key,
-         r.run_at or (now + timedelta(seconds=r.delay) if r.delay else now))
-        for i, r in zip(ids, rows, strict=True)
-    ]  # fmt: skip
-    yield Copy(queries.query("copy_jobs", schema), data)
-    return ids
+    return now, list(range(first, last + 1)) if scattered is None else list(scattered)
