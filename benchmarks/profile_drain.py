@@ -79,6 +79,7 @@ def main() -> None:
     print(f"{rate:,.0f} jobs/s ({args.jobs:,} no-op jobs, concurrency {args.concurrency})")
     if profiler is not None:
         pstats.Stats(profiler).sort_stats("tottime").print_stats(20)
+        pstats.Stats(profiler).sort_stats("cumtime").print_stats("outbox", 25)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ WHERE kind = %s AND unique_key = %s AND state IN ('pending', 'running')
 INSERT INTO {schema}.jobs (id, kind, queue, payload, priority, max_attempts, run_at, unique_key,
                           metadata, timeout_seconds, tenant, ordering_key)
 SELECT i, k, q, p::jsonb, pr, ma, coalesce(ra, now() + make_interval(secs => d)), uk, m::jsonb, ts, tn, ok
-FROM unnest(%s::int8[], %s::text[], %s::text[], %s::text[], %s::int2[], %s::int4[], %s::timestamptz[],
+FROM unnest(%b::int8[], %s::text[], %s::text[], %s::text[], %s::int2[], %s::int4[], %s::timestamptz[],
             %s::float8[], %s::text[], %s::text[], %s::float8[], %s::text[], %s::text[])
      AS t (i, k, q, p, pr, ma, ra, d, uk, m, ts, tn, ok)
 ON CONFLICT (kind, unique_key) WHERE unique_key IS NOT NULL AND state IN ('pending', 'running')

@@ -24,7 +24,7 @@ SET state = o.state::{schema}.job_state,
     errors = CASE WHEN o.error IS NULL THEN j.errors ELSE jsonb_path_query_array(
         j.errors || jsonb_build_array(jsonb_build_object('attempt', j.attempts, 'at', now(), 'error', o.error)),
         '$[last - 9 to last]') END
-FROM unnest(%(ids)s::bigint[], %(attempts)s::int4[], %(states)s::text[], %(delays)s::float8[],
+FROM unnest(%(ids)b::bigint[], %(attempts)b::int4[], %(states)s::text[], %(delays)s::float8[],
             %(errors)s::text[], %(results)s::text[]) AS o (id, attempts, state, delay, error, result)
 WHERE j.id = o.id
   AND j.attempts = o.attempts
@@ -36,7 +36,7 @@ RETURNING j.id
 -- The common case of record_outcomes, leaner: plain successes without a result.
 UPDATE {schema}.jobs j
 SET state = 'succeeded', finished_at = now(), leased_until = NULL, updated_at = now()
-FROM unnest(%(ids)s::bigint[], %(attempts)s::int4[]) AS o (id, attempts)
+FROM unnest(%(ids)b::bigint[], %(attempts)b::int4[]) AS o (id, attempts)
 WHERE j.id = o.id
   AND j.attempts = o.attempts
   AND j.leased_by = %(runner)s
@@ -48,7 +48,7 @@ RETURNING j.id
 -- lost its lease never renews the next attempt's. The pairs not returned were lost or cancelled.
 UPDATE {schema}.jobs j
 SET leased_until = now() + make_interval(secs => %(lease_seconds)s)
-FROM unnest(%(ids)s::bigint[], %(attempts)s::int4[]) AS h (id, attempts)
+FROM unnest(%(ids)b::bigint[], %(attempts)b::int4[]) AS h (id, attempts)
 WHERE j.id = h.id AND j.attempts = h.attempts AND j.leased_by = %(runner)s
   AND j.state = 'running'
 RETURNING j.id, j.attempts
@@ -59,7 +59,7 @@ RETURNING j.id, j.attempts
 UPDATE {schema}.jobs j
 SET state = 'pending', attempts = j.attempts - 1, leased_until = NULL, run_at = now(),
     updated_at = now()
-FROM unnest(%(ids)s::bigint[], %(attempts)s::int4[]) AS r (id, attempts)
+FROM unnest(%(ids)b::bigint[], %(attempts)b::int4[]) AS r (id, attempts)
 WHERE j.id = r.id AND j.attempts = r.attempts AND j.leased_by = %(runner)s
   AND j.state = 'running'
 RETURNING j.id
@@ -71,7 +71,7 @@ RETURNING j.id
 WITH expired AS (
     SELECT id FROM {schema}.jobs
     WHERE state = 'running' AND leased_until < now()
-      AND NOT id = ANY(%(held)s::bigint[])
+      AND NOT id = ANY(%(held)b::bigint[])
     ORDER BY leased_until
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
