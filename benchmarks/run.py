@@ -108,6 +108,9 @@ SCENARIOS = [
              only=("ours", "raw_sql"), quick_options={"ballast": 100_000}, baseline="trap_none"),
     Scenario("latency", "latency enqueue -> handler start, idle runner", "latency", 300, 100,
              higher_is_better=False),
+    Scenario("latency_process", "latency enqueue call -> handler start, idle `outbox run` "
+             "process", "latency", 300, 100, {"other-process": True}, higher_is_better=False,
+             only=("ours",)),
     Scenario("rss", "runner peak RSS at concurrency 100", "rss", 10_000, 3000,
              {"concurrency": 100}, higher_is_better=False),
     # Flow control (outbox only): the plain lease, then 1,000 tenants with a limit each.

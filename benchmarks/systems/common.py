@@ -24,7 +24,8 @@ Scenarios:
                   another kind; queue: another queue; scheduled: due in
                   an hour; none: no ballast, the same-run baseline) -> jobs/s
   latency         N jobs enqueued one by one to an idle runner,
-                  enqueue commit -> handler start                    -> p50 ms (p95, p99 extra)
+                  enqueue commit -> handler start (--other-process:
+                  an `outbox run` process, enqueue call -> start)    -> p50 ms (p95, p99 extra)
   rss             a runner at --concurrency draining N jobs          -> peak RSS MiB
   lease           N pending jobs, leased 100 at a time (each batch then
                   marked done) by one connection                    -> p50 ms a lease
@@ -67,6 +68,8 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--clients", type=int, default=16, help="enqueue_clients: threads")
     parser.add_argument("--count-only", action="store_true",
                         help="enqueue_bulk: the variant that returns a count, not ids")
+    parser.add_argument("--other-process", action="store_true",
+                        help="latency: the runner in another process, timed from the call")
     parser.add_argument("--listening", action="store_true",
                         help="enqueue_clients: as if a runner waited for work (outbox only)")
     return parser.parse_args()

@@ -9,6 +9,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -37,6 +38,17 @@ async def bench(job: Job) -> None:
 def bench_sync(job: Job) -> None:
     if _SLEEP:
         time.sleep(_SLEEP)
+
+
+_STARTED: dict[int, float] = {}
+_REPORT_STARTS = os.environ.get("BENCH_REPORT_STARTS") == "1"
+
+
+@mux.register("latency")
+async def probe(job: Job) -> None:
+    _STARTED[job.id] = time.perf_counter()
+    if _REPORT_STARTS:  # a runner process tells the benchmark (perf_counter is system-wide)
+        print(f"STARTED {job.id} {_STARTED[job.id]}", flush=True)
 
 
 def reset(dsn: str) -> psycopg.Connection:
@@ -126,17 +138,19 @@ def lease(args) -> dict:
     return {**common.percentiles(samples), "unit": "ms p50 a lease of 100"}
 
 
-def start_runners(args, kind: str) -> list[subprocess.Popen]:
+def start_runners(args, kind: str, report_starts: bool = False) -> list[subprocess.Popen]:
     """``args.processes`` `outbox run` processes, as users start them (the CLI)."""
     env = {**os.environ, "OUTBOX_DSN": args.dsn, "OUTBOX_SCHEMA": OB.schema,
-           "BENCH_SLEEP_MS": str(args.sleep_ms), "PYTHONPATH": str(ROOT)}  # fmt: skip
+           "BENCH_SLEEP_MS": str(args.sleep_ms), "PYTHONPATH": str(ROOT),
+           "BENCH_REPORT_STARTS": "1" if report_starts else "0"}  # fmt: skip
     command = [sys.executable, "-m", "outbox.cli", "run", "benchmarks.systems.ours:mux",
                "--concurrency", str(args.concurrency)]  # fmt: skip
     if args.scenario == "trap":
         command += ["--queues", "default"]  # every trap row, so that they differ only in ballast
+    stdout = subprocess.PIPE if report_starts else subprocess.DEVNULL
     return [
         subprocess.Popen(
-            command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            command, cwd=ROOT, env=env, stdout=stdout, stderr=subprocess.DEVNULL, text=True
         )
         for _ in range(args.processes)
     ]
@@ -184,27 +198,50 @@ def backlog(args) -> dict:
 
 
 def latency(args) -> dict:
+    """Jobs enqueued one at a time to an idle runner: the time until each handler starts.
+
+    By default the runner is a thread of this process and the clock starts once the enqueue
+    has committed, as for the peers. With --other-process the runner is an `outbox run`
+    process, as in production, and the clock starts at the enqueue call (commit included).
+    """
     conn = reset(args.dsn)
-    started: dict[int, float] = {}
-
-    @mux.register("latency")
-    async def probe(job: Job) -> None:
-        started[job.id] = time.perf_counter()
-
-    runner = Runner(mux, dsn=args.dsn, outbox=OB, concurrency=10)
-    runner.start_in_thread()
-    committed: dict[int, float] = {}
+    samples: list[float] = []
+    commits: list[float] = []
+    if args.other_process:
+        [runner] = start_runners(args, "latency", report_starts=True)
+        threading.Thread(target=_read_starts, args=(runner,), daemon=True).start()
+    else:
+        thread = Runner(mux, dsn=args.dsn, outbox=OB, concurrency=10)
+        thread.start_in_thread()
     try:
-        time.sleep(1)
+        warm_up = OB.enqueue(conn, "latency")  # the runner is up once it has run one job
+        common.wait_until(lambda: warm_up in _STARTED, 60, every=0.01)
         for _ in range(args.n):
+            called = time.perf_counter()
             with conn.transaction():
                 job_id = OB.enqueue(conn, "latency")
-            committed[job_id] = time.perf_counter()
-            common.wait_until(lambda j=job_id: j in started, 10, every=0.0005)
+            committed = time.perf_counter()
+            common.wait_until(lambda j=job_id: j in _STARTED, 10, every=0.0005)
+            since = called if args.other_process else committed
+            samples.append((_STARTED[job_id] - since) * 1000)
+            commits.append((committed - called) * 1000)
             time.sleep(0.02)
     finally:
-        runner.stop()
-    return common.percentiles([(started[i] - committed[i]) * 1000 for i in committed])
+        if args.other_process:
+            common.stop_workers([runner])
+        else:
+            thread.stop()
+    enqueue = common.percentiles(commits)  # the enqueue call itself, commit included
+    return {**common.percentiles(samples), "enqueue_p50": enqueue["value"],
+            "enqueue_p99": enqueue["p99"]}  # fmt: skip
+
+
+def _read_starts(runner: subprocess.Popen) -> None:
+    assert runner.stdout is not None
+    for line in runner.stdout:
+        if line.startswith("STARTED "):
+            _, job_id, at = line.split()
+            _STARTED[int(job_id)] = float(at)
 
 
 def rss(args) -> dict:
