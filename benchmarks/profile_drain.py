@@ -1,6 +1,7 @@
 """Profile one runner draining no-op jobs: where the runner's own time goes.
 
     python benchmarks/profile_drain.py [--dsn DSN] [--jobs 30000] [--concurrency 100] [--profile]
+                                       [--handler async|sync]
 
 Without --profile it prints the drain rate; with it, cProfile's top functions by own time
 (cProfile roughly halves the rate: read the shares, not the figure).
@@ -27,12 +28,20 @@ from outbox import HandlerMux, Job, NewJob, Outbox, Runner
 from outbox.embedded import embedded_postgres
 
 
-async def drain(dsn: str, ob: Outbox, jobs: int, concurrency: int) -> float:
+async def drain(dsn: str, ob: Outbox, jobs: int, concurrency: int, handler: str) -> float:
     mux = HandlerMux()
 
-    @mux.register("noop")
-    async def noop(job: Job) -> None:
-        return None
+    if handler == "async":
+
+        @mux.register("noop")
+        async def noop(job: Job) -> None:
+            return None
+
+    else:
+
+        @mux.register("noop")
+        def noop_sync(job: Job) -> None:
+            return None
 
     runner = Runner(mux, dsn=dsn, outbox=ob, concurrency=concurrency, retention=None)
     task = asyncio.create_task(runner.run())
@@ -59,6 +68,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=30_000)
     parser.add_argument("--concurrency", type=int, default=100)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--handler", choices=["async", "sync"], default="async")
     args = parser.parse_args()
     with contextlib.ExitStack() as stack:
         dsn = args.dsn or stack.enter_context(embedded_postgres())
@@ -70,13 +80,16 @@ def main() -> None:
         try:
             if profiler is not None:
                 profiler.enable()
-            rate = asyncio.run(drain(dsn, ob, args.jobs, args.concurrency))
+            rate = asyncio.run(drain(dsn, ob, args.jobs, args.concurrency, args.handler))
         finally:
             if profiler is not None:
                 profiler.disable()
             with psycopg.connect(dsn, autocommit=True) as conn:
                 conn.execute(f'DROP SCHEMA "{ob.schema}" CASCADE')
-    print(f"{rate:,.0f} jobs/s ({args.jobs:,} no-op jobs, concurrency {args.concurrency})")
+    print(
+        f"{rate:,.0f} jobs/s ({args.jobs:,} no-op {args.handler} jobs, "
+        f"concurrency {args.concurrency})"
+    )
     if profiler is not None:
         pstats.Stats(profiler).sort_stats("tottime").print_stats(20)
         pstats.Stats(profiler).sort_stats("cumtime").print_stats("outbox", 25)
