@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import sys
 import time
 from collections.abc import Callable, Coroutine
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any
 
@@ -30,6 +28,7 @@ from outbox.models import Job, JobState, trusted_job
 from outbox.mux import HandlerMux, JobEventName, Route
 from outbox.runner.events import Reporter
 from outbox.runner.state import Held, Lane, Shared
+from outbox.runner.threads import HandlerThreads
 from outbox.safety import safe_failure_message, safe_label
 from outbox.store import Leased
 from outbox.store import Outcome as Written
@@ -89,7 +88,7 @@ class Executor:
         backoff: Backoff,
         max_payload_bytes: int,
         runner_id: str,
-        threads: ThreadPoolExecutor,
+        threads: HandlerThreads,
     ) -> None:
         self._shared = shared
         self._mux = mux
@@ -185,10 +184,8 @@ class Executor:
     async def _invoke(self, route: Route, job: Job) -> Any:
         if route.is_async:
             return await route.handler(job)
-        loop = asyncio.get_running_loop()
         # The handler's thread sees this task's context: its span, structlog's contextvars.
-        call = contextvars.copy_context().run
-        return await loop.run_in_executor(self._threads, call, route.handler, job)
+        return await self._threads.run(route.handler, job)
 
     def _success(self, job: Job, result: Any) -> Written:
         if result is None:

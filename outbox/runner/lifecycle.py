@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -35,6 +34,7 @@ from outbox.runner.registrar import Registrar, package_version, this_host
 from outbox.runner.scheduler import PeriodicEnqueuer
 from outbox.runner.state import Shared
 from outbox.runner.supervisor import Service, Supervisor, cancel_and_wait
+from outbox.runner.threads import HandlerThreads
 from outbox.safety import safe_failure_message, safe_label
 from outbox.store import RunnerRow
 
@@ -59,7 +59,7 @@ class Run:
         self,
         runner: Runner,
         shared: Shared,
-        threads: ThreadPoolExecutor,
+        threads: HandlerThreads,
         on_give_up: Callable[[str, BaseException | None], None],
     ) -> None:
         self.runner = runner

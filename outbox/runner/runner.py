@@ -15,7 +15,6 @@ import secrets
 import socket
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
@@ -31,6 +30,7 @@ from outbox.runner import lifecycle
 from outbox.runner.events import RunSummary
 from outbox.runner.health import Health
 from outbox.runner.state import Lane, Shared
+from outbox.runner.threads import HandlerThreads
 from outbox.safety import safe_label, sanitize_queue
 from outbox.store import PgStore, Store
 
@@ -224,9 +224,7 @@ class Runner:
         self._loop = asyncio.get_running_loop()
         self._failure = None
         shared = Shared(self.lanes, self.batch_size)
-        threads = ThreadPoolExecutor(
-            sum(lane.limit for lane in self.lanes), thread_name_prefix="outbox-handler"
-        )
+        threads = HandlerThreads(self._loop, sum(lane.limit for lane in self.lanes))
         self._run_state = run = lifecycle.Run(self, shared, threads, self._give_up)
         try:
             await run.open_store()
@@ -241,7 +239,7 @@ class Runner:
             finally:
                 await self.store.close()
         finally:
-            threads.shutdown(wait=False, cancel_futures=True)
+            threads.close()
             self._loop = None
         if self._failure is not None:
             raise self._failure
