@@ -2,13 +2,15 @@
 
     python benchmarks/churn.py                      # embedded Postgres (autovacuum on)
     python benchmarks/churn.py --jobs 200000        # a shorter run
+    python benchmarks/churn.py --no-vacuum          # the runner leaves the table to autovacuum
     python benchmarks/churn.py --dsn postgresql://… # your server (SHOW autovacuum first)
 
 One runner process (concurrency 100, a no-op handler, retention --retention seconds) drains a
 fresh schema while this process enqueues batches with ``enqueue_many``, keeping at most
 --backlog jobs unfinished. Every --every finished jobs it prints the size of the heap, of each
-index and of the whole (pg_total_relation_size), with n_dead_tup and the last autovacuum. The
-target (issue 15): table + indexes at 1,000,000 jobs churned <= 2x their size at 100,000.
+index and of the whole (pg_total_relation_size), with n_dead_tup, the vacuums so far (the
+runner's own, after its pruning rounds, and autovacuum's) and the last autovacuum. The target
+(issue 15): table + indexes at 1,000,000 jobs churned <= 2x their size at 100,000.
 
 The checkpoints are taken while the churn goes on (the backlog is still full at the last one);
 enqueuing then stops, the runner drains what is left, and one more row shows the table after.
@@ -19,7 +21,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import re
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -59,6 +63,7 @@ def run_runner(args: argparse.Namespace) -> None:
         outbox=Outbox(schema=args.schema),
         concurrency=100,
         retention=timedelta(seconds=args.retention),
+        vacuum=args.vacuum,
     )
 
     async def main() -> None:
@@ -75,7 +80,7 @@ def sizes(conn: psycopg.Connection[Any], schema: str) -> dict[str, Any]:
     table = f'"{schema}".jobs'
     row = conn.execute(
         "SELECT pg_relation_size(c.oid), pg_total_relation_size(c.oid), s.n_live_tup,"
-        " s.n_dead_tup, s.n_tup_del, s.last_autovacuum, s.autovacuum_count"
+        " s.n_dead_tup, s.n_tup_del, s.last_autovacuum, s.autovacuum_count, s.vacuum_count"
         " FROM pg_class c JOIN pg_stat_user_tables s ON s.relid = c.oid"
         " WHERE c.oid = %s::regclass",
         (table,),
@@ -86,7 +91,7 @@ def sizes(conn: psycopg.Connection[Any], schema: str) -> dict[str, Any]:
         " FROM pg_index i WHERE i.indrelid = %s::regclass ORDER BY 1",
         (table,),
     ).fetchall()
-    heap, total, live, dead, deleted, last_av, av_count = row
+    heap, total, live, dead, deleted, last_av, av_count, vacuum_count = row
     return {
         "heap": heap,
         "total": total,
@@ -95,6 +100,7 @@ def sizes(conn: psycopg.Connection[Any], schema: str) -> dict[str, Any]:
         "deleted": deleted,
         "last_autovacuum": last_av,
         "autovacuum_count": av_count,
+        "vacuum_count": vacuum_count,
         "indexes": {name.split(".")[-1]: size for name, size in indexes},
     }
 
@@ -144,15 +150,16 @@ class Churn:
             return subprocess.Popen(
                 [sys.executable, __file__, "--runner", "--dsn", self.dsn,
                  "--schema", self.ob.schema, "--retention", str(a.retention),
-                 "--prune-every", str(a.prune_every)],
+                 "--prune-every", str(a.prune_every),
+                 "--vacuum" if a.vacuum else "--no-vacuum"],
                 cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
             )  # fmt: skip
 
     def header(self) -> None:
         cols = ["churned", "pending", "elapsed s", "heap MiB"]
         cols += [f"{n} MiB" for n in self.index_names]
-        cols += ["total MiB", "n_live_tup", "n_dead_tup", "pruned (n_tup_del)", "autovacuums",
-                 "last autovacuum (s into run)"]  # fmt: skip
+        cols += ["total MiB", "n_live_tup", "n_dead_tup", "pruned (n_tup_del)", "runner vacuums",
+                 "autovacuums", "last autovacuum (s into run)"]  # fmt: skip
         print("| " + " | ".join(cols) + " |")
         print("|" + " --- |" * len(cols))
 
@@ -164,7 +171,7 @@ class Churn:
         cells = [label or f"{churned:,}", f"{pending:,}", f"{elapsed:.0f}", mib(s["heap"])]
         cells += [mib(s["indexes"].get(n, 0)) for n in self.index_names]
         cells += [mib(s["total"]), f"{s['live']:,}", f"{s['dead']:,}", f"{s['deleted']:,}",
-                  str(s["autovacuum_count"]), since]  # fmt: skip
+                  str(s["vacuum_count"]), str(s["autovacuum_count"]), since]  # fmt: skip
         print("| " + " | ".join(cells) + " |", flush=True)
 
     def run(self) -> int:
@@ -177,7 +184,8 @@ class Churn:
         print(
             f"runner: 1 process, concurrency 100, no-op handler, retention {a.retention:g} s;"
             f" maintenance.PRUNE_EVERY set to {a.prune_every:g} s in the runner process"
-            f" (default 60 s); backlog <= {a.backlog:,}, batches of {a.batch:,}; jobs {a.jobs:,}",
+            f" (default 60 s); the runner's vacuum {'on' if a.vacuum else 'off (--no-vacuum)'};"
+            f" backlog <= {a.backlog:,}, batches of {a.batch:,}; jobs {a.jobs:,}",
             flush=True,
         )
         log = Path(tempfile.mkstemp(prefix="churn-runner-", suffix=".log")[1])
@@ -237,10 +245,30 @@ class Churn:
             print(f"  {name}: {mib(before)} -> {mib(after)} MiB ({after / max(before, 1):.2f}x)")
         print(f"  heap: {mib(first['heap'])} -> {mib(last['heap'])} MiB"
               f" ({last['heap'] / max(first['heap'], 1):.2f}x)")  # fmt: skip
+        self.report_vacuums(log)
         print(f"runner log: {log}")
         with contextlib.suppress(psycopg.Error), psycopg.connect(self.dsn, autocommit=True) as c:
             c.execute(f'DROP SCHEMA "{self.ob.schema}" CASCADE')
         return 0 if ratio <= TARGET_RATIO else 1
+
+    def report_vacuums(self, log: Path) -> None:
+        """The runner's runner.vacuumed events: how many, how long, how many dead rows each."""
+        text = re.sub(r"\x1b\[[0-9;]*m", "", log.read_text(errors="replace"))  # colours
+        events = [line for line in text.splitlines() if "runner.vacuumed" in line]
+        seconds = sorted(float(m) for line in events for m in re.findall(r"seconds=([\d.]+)", line))
+        dead = sorted(int(m) for line in events for m in re.findall(r"dead_before=(\d+)", line))
+        failed = sum("runner.vacuum_failed" in line for line in text.splitlines())
+        if failed:
+            print(f"runner.vacuum_failed events: {failed}")
+        if not events:
+            print("runner.vacuumed events: none")
+            return
+        print(
+            f"runner.vacuumed events: {len(events)}; seconds each: min {seconds[0]:.2f},"
+            f" median {statistics.median(seconds):.2f}, max {seconds[-1]:.2f}"
+            f" (total {sum(seconds):.1f}); dead rows before each: min {dead[0]:,},"
+            f" median {int(statistics.median(dead)):,}, max {dead[-1]:,}"
+        )
 
 
 def main() -> int:
@@ -254,6 +282,12 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=2_000, help="jobs per enqueue_many")
     parser.add_argument("--retention", type=float, default=10, help="seconds (the runner's)")
     parser.add_argument("--prune-every", type=float, default=5, help="the pruner's period, s")
+    parser.add_argument(
+        "--vacuum",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the runner's own vacuum after its pruning rounds (Runner(vacuum=...))",
+    )
     parser.add_argument(
         "--naptime",
         type=float,

@@ -762,6 +762,15 @@ def run(
             help="A direct DSN to Postgres for LISTEN, when --dsn goes through PgBouncer.",
         ),
     ] = None,
+    vacuum: Annotated[
+        bool,
+        typer.Option(
+            "--vacuum/--no-vacuum",
+            envvar="OUTBOX_VACUUM",
+            help="After a pruning round, VACUUM the jobs table when autovacuum lags far behind "
+            "(needs the table's ownership, or MAINTAIN on PostgreSQL 17+).",
+        ),
+    ] = True,
 ) -> None:
     """Run jobs until SIGTERM or SIGINT (a second signal stops at once).
 
@@ -786,6 +795,7 @@ def run(
                 wait_for_db=wait_for_db,
                 pgbouncer=pgbouncer,
                 listen_dsn=listen_dsn,
+                vacuum=vacuum,
             )
         close_sink = _add_observers(runner, dsn, metrics_port, metrics_addr, error_sink)
     probes = None

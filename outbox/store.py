@@ -17,6 +17,7 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import orjson
 import psycopg
+from psycopg.errors import Diagnostic
 from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool
 
@@ -41,6 +42,9 @@ __all__ = [
     "PgStore",
     "RunnerRow",
     "Store",
+    "TableStats",
+    "Vacuumed",
+    "VacuumingStore",
     "heartbeat_plan",
     "prune_batch_plan",
     "prune_plan",
@@ -67,6 +71,9 @@ CONNECTION_DEFAULTS: dict[str, Any] = {
 
 PRUNE_BATCH = 1000
 """Finished jobs deleted per statement: small, so pruning never holds long locks."""
+
+_LOCK_NOT_AVAILABLE = "55P03"
+"""The SQLSTATE of the WARNING with which ``VACUUM (SKIP_LOCKED)`` skips a table held by another."""
 
 
 class Leased(NamedTuple):
@@ -170,11 +177,11 @@ class Store(Protocol):
         Jobs in ``held`` (the caller still runs them) are left alone, expired or not.
         """
 
-    async def prune(self, older_than: float, *, once_per: float | None = None) -> int:
+    async def prune(self, older_than: float, *, once_per: float | None = None) -> int | None:
         """Delete jobs finished more than ``older_than`` seconds ago; return how many.
 
         With ``once_per``, prune only when no runner has begun a round within that many
-        seconds (one runner a round); otherwise return 0.
+        seconds (one runner a round); otherwise return None: the round is another's.
         """
 
     def notifications(self) -> AsyncIterator[None]:
@@ -211,6 +218,53 @@ class Store(Protocol):
 
 LeaseKey = tuple[int, int]
 """A lease as the runner holds it: (job id, attempts). An attempt's writes name both."""
+
+
+@dataclass(frozen=True, slots=True)
+class TableStats:
+    """What ``pg_stat_user_tables`` says about the jobs table, and whether this role may vacuum it.
+
+    The counts are the server's statistics: other sessions report theirs within about a second.
+    """
+
+    live: int
+    dead: int
+    since_vacuum: float | None
+    """Seconds since the last vacuum or autovacuum of the table ended (None: none on record)."""
+    may_vacuum: bool
+    """Whether VACUUM would process the table for this role, or only warn and skip it."""
+    role: str
+    """The role the store connects as, quoted as SQL wants it."""
+    table: str
+    """The jobs table's name, schema-qualified and quoted as SQL wants it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Vacuumed:
+    """What one ``VACUUM`` of the jobs table did."""
+
+    ran: bool
+    """False when another vacuum held the table: it was skipped, and nothing was done."""
+    warnings: tuple[str, ...] = ()
+    """Any other WARNING the server sent meanwhile (an old snapshot holding rows back, say)."""
+
+
+@runtime_checkable
+class VacuumingStore(Protocol):
+    """A store whose jobs table the runner vacuums when autovacuum is far behind (``PgStore``).
+
+    The runner vacuums a store only when it has these methods as well as ``Store``'s.
+    """
+
+    async def table_stats(self) -> TableStats:
+        """The jobs table's live and dead rows, its last vacuum, and whether we may vacuum it."""
+
+    async def vacuum(self, timeout: float) -> Vacuumed:
+        """VACUUM the jobs table (plain, never FULL; skipped when another vacuum holds it).
+
+        A vacuum still running after ``timeout`` seconds is cancelled on the server and raises
+        ``DatabaseError``.
+        """
 
 
 def heartbeat_plan(
@@ -554,7 +608,7 @@ class PgStore:
                 async with conn.transaction():
                     return await arun(conn, fire_due_plan(self.schema, list(schedules)))
 
-    async def prune(self, older_than: float, *, once_per: float | None = None) -> int:
+    async def prune(self, older_than: float, *, once_per: float | None = None) -> int | None:
         """Delete old finished jobs, a window of ids at a time.
 
         The connection goes back to the pool between windows: a long prune never holds one of
@@ -566,7 +620,7 @@ class PgStore:
                     conn, _one(queries.query("claim_prune", self.schema), {"every": once_per})
                 )
             if not claimed:
-                return 0
+                return None
         total, after = 0, 0
         while True:
             async with self._connection() as conn:
@@ -577,6 +631,49 @@ class PgStore:
             if following is None:
                 return total
             after = following
+
+    async def table_stats(self) -> TableStats:
+        """One look at ``pg_stat_user_tables`` and the privileges VACUUM checks."""
+        [row] = await self._execute("vacuum_stats")
+        return TableStats(*row)
+
+    async def vacuum(self, timeout: float) -> Vacuumed:
+        """VACUUM on a pooled connection, in autocommit (VACUUM refuses a transaction).
+
+        The connection goes back to the pool as soon as it ends, in the autocommit mode it came
+        in. A timeout cancels the statement on the server, as psycopg does for a cancelled task.
+        """
+        skipped: list[str] = []
+        warnings: list[str] = []
+
+        def notice(diag: Diagnostic) -> None:
+            if diag.severity_nonlocalized != "WARNING":
+                return
+            message = safe_failure_message(diag.message_primary or "")
+            (skipped if diag.sqlstate == _LOCK_NOT_AVAILABLE else warnings).append(message)
+
+        async with self._connection() as conn:
+            autocommit = conn.autocommit
+            conn.add_notice_handler(notice)
+            try:
+                if not autocommit:  # a pool of yours may hand out connections in transactions
+                    with _translated("the database connection failed"):
+                        await conn.set_autocommit(True)
+                try:
+                    await asyncio.wait_for(
+                        arun(conn, _one(queries.query("vacuum_jobs", self.schema))), timeout
+                    )
+                except asyncio.TimeoutError:
+                    raise DatabaseError(
+                        f"VACUUM of the jobs table did not finish within {timeout:g} s and was "
+                        "cancelled (the pages it had cleaned stay clean)"
+                    ) from None
+            finally:
+                conn.remove_notice_handler(notice)
+                if not autocommit:
+                    with contextlib.suppress(psycopg.Error):  # a broken one leaves the pool
+                        await conn.set_autocommit(False)
+        return Vacuumed(ran=not skipped, warnings=tuple(warnings))
 
     async def register_runner(self, row: RunnerRow) -> None:
         """Upsert the runner's row."""

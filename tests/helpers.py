@@ -142,3 +142,31 @@ def _listening(port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def make_dead_rows(conn: psycopg.Connection[Any], schema: str, n: int) -> None:
+    """Leave ``n`` dead rows in the jobs table (finished jobs inserted, then deleted), counted in
+    ``pg_stat_user_tables`` at once: a session reports its counts up to a second late unless it
+    is told to flush them (PostgreSQL 15+)."""
+    conn.execute(
+        f'INSERT INTO "{schema}".jobs (kind, state, finished_at, attempts)'
+        " SELECT 'dead', 'succeeded', now(), 1 FROM generate_series(1, %s)",
+        (n,),
+    )
+    conn.execute(f"DELETE FROM \"{schema}\".jobs WHERE kind = 'dead'")
+    conn.execute("SELECT pg_stat_force_next_flush()")
+
+
+def vacuums(conn: psycopg.Connection[Any], schema: str) -> int:
+    """How many times the jobs table was vacuumed by a VACUUM statement (not by autovacuum)."""
+    row = conn.execute(
+        "SELECT vacuum_count FROM pg_stat_user_tables WHERE relid = %s::regclass",
+        (f'"{schema}".jobs',),
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def no_autovacuum(conn: psycopg.Connection[Any], schema: str) -> None:
+    """Keep autovacuum off this jobs table, so that only the test (or the runner) vacuums it."""
+    conn.execute(f'ALTER TABLE "{schema}".jobs SET (autovacuum_enabled = false)')

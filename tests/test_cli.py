@@ -511,3 +511,41 @@ def test_inspect_prints_no_control_characters_from_the_database(dsn, ob, conn):
     assert done.returncode == 0, done.stderr
     assert "\x1b" not in done.stdout and "\x07" not in done.stdout
     assert "title" in done.stdout
+
+
+def test_run_vacuums_a_table_full_of_dead_rows_unless_told_not_to(dsn, ob, conn):
+    import signal
+
+    from tests.helpers import make_dead_rows, no_autovacuum, vacuums, wait_for
+
+    no_autovacuum(conn, ob.schema)
+    make_dead_rows(conn, ob.schema, 30_000)
+    before = vacuums(conn, ob.schema)
+    old_job = (
+        f'INSERT INTO "{ob.schema}".jobs (kind, state, created_at, run_at, finished_at, attempts)'
+        " VALUES ('old', 'succeeded', now() - interval '9 days', now() - interval '9 days',"
+        " now() - interval '8 days', 1) RETURNING id"
+    )
+    old = conn.execute(old_job).fetchone()[0]
+    environ = {**os.environ, "OUTBOX_DSN": dsn, "OUTBOX_SCHEMA": ob.schema}
+
+    def run(*args: str, until) -> str:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "outbox.cli", "run", "tests.jobs_app:mux", *args],
+            cwd=ROOT, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        try:
+            wait_for(until, 30)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            out, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0, out
+        return out
+
+    gone = f'SELECT count(*) FROM "{ob.schema}".jobs WHERE id = %s'
+    out = run("--no-vacuum", until=lambda: conn.execute(gone, (old,)).fetchone()[0] == 0)
+    assert "vacuum=False" in out and "runner.vacuumed" not in out
+    assert vacuums(conn, ob.schema) == before
+    conn.execute(f'UPDATE "{ob.schema}".lease_state SET pruned_at = NULL')  # the next round, now
+    out = run(until=lambda: vacuums(conn, ob.schema) == before + 1)
+    assert "vacuum=True" in out

@@ -147,7 +147,15 @@ class Run:
         ]
         services.append(Registrar(shared, store=store, row=self.runner_row(), clock=clock, log=log))
         if runner.retention is not None:
-            services.append(Pruner(store=store, retention=runner.retention, clock=clock, log=log))
+            services.append(
+                Pruner(
+                    store=store,
+                    retention=runner.retention,
+                    clock=clock,
+                    log=log,
+                    vacuum=runner.vacuum,
+                )
+            )
         if runner.mux.schedules():
             services.append(
                 PeriodicEnqueuer(
@@ -177,6 +185,7 @@ class Run:
             kinds=[safe_label(k) for k in self.runner.mux.kinds()],
             lanes=[(lane.queues, lane.limit) for lane in self.shared.lanes],
             services=[s.name for s in services],
+            vacuum=self.runner.vacuum and self.runner.retention is not None,
         )
         for service in services:
             self.supervisor.start(service)

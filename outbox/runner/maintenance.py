@@ -1,8 +1,9 @@
 """Maintenance services: the rescuer (expired leases) and the pruner (old finished jobs).
 
 Any number of runners may rescue at once: each statement locks its rows with
-``FOR UPDATE SKIP LOCKED``. One runner a round prunes: the first to claim it. A round that fails
-(the database is away) is simply tried again at the next one.
+``FOR UPDATE SKIP LOCKED``. One runner a round prunes: the first to claim it, which then vacuums
+the jobs table when autovacuum has fallen far behind (``vacuum``). A round that fails (the
+database is away) is simply tried again at the next one.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from typing import Any
 from outbox.clock import Clock
 from outbox.errors import DatabaseError
 from outbox.runner.state import Shared
+from outbox.runner.vacuum import Vacuumer
 from outbox.safety import safe_failure_message
-from outbox.store import Store
+from outbox.store import Store, VacuumingStore
 
 __all__ = ["PRUNE_EVERY", "RESCUE_BATCH", "Pruner", "Rescuer"]
 
@@ -62,24 +64,38 @@ class Pruner:
     """Every PRUNE_EVERY seconds, deletes jobs that finished longer than ``retention`` ago.
 
     Of all the runners on one schema, one prunes a round: the first to ask (the others skip it).
+    With ``vacuum`` (and a store that can, ``VacuumingStore``), that runner then vacuums the jobs
+    table when ``vacuum.vacuum_due`` says so.
     """
 
     name = "pruner"
 
-    def __init__(self, *, store: Store, retention: timedelta, clock: Clock, log: Any) -> None:
+    def __init__(
+        self, *, store: Store, retention: timedelta, clock: Clock, log: Any, vacuum: bool = True
+    ) -> None:
         self._store = store
         self._retention = retention.total_seconds()
         self._clock = clock
         self._log = log
+        self._vacuumer = (
+            Vacuumer(store, log=log) if vacuum and isinstance(store, VacuumingStore) else None
+        )
 
     async def run(self) -> None:
         """Prune until cancelled."""
         while True:
-            try:
-                pruned = await self._store.prune(self._retention, once_per=PRUNE_EVERY * 0.9)
-            except DatabaseError as exc:
-                self._log.warning("runner.prune_failed", error=safe_failure_message(exc))
-            else:
-                if pruned:
-                    self._log.info("runner.pruned", jobs=pruned)
+            await self.round()
             await self._clock.sleep(PRUNE_EVERY)
+
+    async def round(self) -> None:
+        """Prune, unless another runner has this round; then vacuum when the table needs it."""
+        try:
+            pruned = await self._store.prune(self._retention, once_per=PRUNE_EVERY * 0.9)
+        except DatabaseError as exc:
+            self._log.warning("runner.prune_failed", error=safe_failure_message(exc))
+            return
+        if pruned:
+            self._log.info("runner.pruned", jobs=pruned)
+        if pruned is not None and self._vacuumer is not None:
+            # At most one vacuum a round, whoever runs it (autovacuum, or a runner last round).
+            await self._vacuumer.round(quiet=PRUNE_EVERY / 2)

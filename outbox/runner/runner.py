@@ -64,6 +64,12 @@ class Runner:
     ``clock`` is for tests (``outbox.testing.FakeClock``). Behind PgBouncer in transaction
     mode pass ``pgbouncer=True`` (no session settings are made) and, for LISTEN, a direct
     ``listen_dsn`` to Postgres; without one the runner polls every ``poll_interval``.
+
+    Finished jobs older than ``retention`` are deleted once a minute by one of the runners on
+    the schema (None: never). With ``vacuum`` (the default), that runner then runs a plain
+    ``VACUUM`` of the jobs table when autovacuum has fallen far behind (see
+    ``outbox.runner.vacuum``); it needs to own the table, or MAINTAIN on it (PostgreSQL 17+),
+    and says once when it may not. ``vacuum=False`` leaves the table to autovacuum alone.
     """
 
     def __init__(
@@ -83,6 +89,7 @@ class Runner:
         wait_for_db: float = DEFAULT_WAIT_FOR_DB,
         backoff: Backoff | None = None,
         retention: timedelta | None = timedelta(days=7),
+        vacuum: bool = True,
         observer: Observer = noop_observer,
         runner_id: str | None = None,
         clock: Clock = SYSTEM_CLOCK,
@@ -113,6 +120,7 @@ class Runner:
         self.wait_for_db = wait_for_db
         self.backoff = backoff or Backoff()
         self.retention = retention
+        self.vacuum = vacuum
         self.observer = observer
         self.clock = clock
         self.runner_id = safe_label(runner_id) if runner_id else _default_runner_id()

@@ -93,6 +93,7 @@ RETURNING j.id
 
 -- name: claim_prune
 -- One runner prunes a round: the first to ask once `every` seconds have passed since the last.
+-- It also vacuums the table after that round, when it needs it (vacuum_stats, vacuum_jobs).
 UPDATE {schema}.lease_state SET pruned_at = now()
 WHERE one AND (pruned_at IS NULL OR pruned_at <= now() - make_interval(secs => %(every)s))
 RETURNING true
@@ -121,6 +122,39 @@ SELECT (SELECT count(*) FROM gone)::integer,
        (SELECT max(w.id) FROM win w),
        coalesce((SELECT bool_or(w.created_at < now() - make_interval(secs => %(older_than)s))
                  FROM win w), false)
+
+-- name: vacuum_stats
+-- What the runner's vacuum rule reads (outbox/runner/vacuum.py): live and dead rows, seconds since
+-- the last vacuum or autovacuum of the table ended (NULL: none since the stats were reset),
+-- whether this role may vacuum it, and the role's and table's names for the log. Who may is
+-- what VACUUM itself checks: the table's owner (or a member of the owning role), the database's
+-- owner and, from PostgreSQL 17, whoever has MAINTAIN on it (pg_maintain's members among them);
+-- superusers pass every check. Anyone else gets a WARNING and no vacuum. MAINTAIN is an unknown
+-- privilege before 17: the CASE keeps it from being asked there.
+SELECT s.n_live_tup,
+       s.n_dead_tup,
+       extract(epoch FROM now() - greatest(s.last_vacuum, s.last_autovacuum))::float8,
+       pg_has_role(c.relowner, 'USAGE')
+           OR pg_has_role(d.datdba, 'USAGE')
+           OR CASE WHEN current_setting('server_version_num')::integer >= 170000
+                   THEN has_table_privilege(c.oid, 'MAINTAIN')
+                   ELSE false END,
+       quote_ident(current_user),
+       s.relid::regclass::text
+FROM pg_stat_user_tables s
+JOIN pg_class c ON c.oid = s.relid
+JOIN pg_database d ON d.datname = current_database()
+WHERE s.relid = '{schema}.jobs'::regclass
+
+-- name: vacuum_jobs
+-- The runner's own vacuum, on an autocommit connection (VACUUM cannot run in a transaction).
+-- Plain, never FULL (that rewrites the table under a lock that stops every runner). SKIP_LOCKED:
+-- when another vacuum (autovacuum) holds the table, skip it at once with a WARNING (55P03) instead
+-- of queueing behind it. TRUNCATE false: handing the empty pages at the end back to the OS takes
+-- an ACCESS EXCLUSIVE lock, which would stall every lease while it lasts, and new jobs fill those
+-- pages again soon; autovacuum still truncates. INDEX_CLEANUP stays AUTO: vacuuming the indexes
+-- is what frees their pages, and AUTO skips it only when almost no heap page has dead rows.
+VACUUM (SKIP_LOCKED, TRUNCATE false) {schema}.jobs
 
 -- name: seconds_until_due
 -- For one-shot runs: how long until the earliest pending job of these kinds (and queues) is
