@@ -767,7 +767,7 @@ def run(
         typer.Option(
             "--vacuum/--no-vacuum",
             envvar="OUTBOX_VACUUM",
-            help="After a pruning round, VACUUM the jobs table when autovacuum lags far behind "
+            help="VACUUM the jobs table when autovacuum lags far behind (looked at every 2.5 s) "
             "(needs the table's ownership, or MAINTAIN on PostgreSQL 17+).",
         ),
     ] = True,

@@ -1,10 +1,11 @@
-"""The runner's own VACUUM of the jobs table (outbox/runner/vacuum.py): after a pruning round it
-takes, and only when autovacuum has fallen far behind; never for a quiet table, never twice for
-rows an old snapshot keeps, once said and then left alone by a role that may not.
+"""The runner's own VACUUM of the jobs table (outbox/runner/vacuum.py): every VACUUM_EVERY seconds
+it looks, and vacuums only when autovacuum has fallen far behind; never for a quiet table, never
+twice for rows an old snapshot keeps, once said and then left alone by a role that may not.
 
 Autovacuum is off on every table here (per table: the test server may run it), so each vacuum
 counted is the runner's or the test's. The pruner's rounds are driven one by one (``round()``),
-or by a FakeClock; with PRUNE_EVERY at 0 every round is this runner's and none is quiet."""
+or by a FakeClock; with PRUNE_EVERY and VACUUM_EVERY at 0 every round is this runner's and none
+is quiet."""
 
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ async def store(dsn: str, schema: str, conn) -> AsyncIterator[PgStore]:
 def every_round(monkeypatch) -> None:
     """Every round is this runner's (no other claimed it lately) and none is quiet."""
     monkeypatch.setattr(maintenance, "PRUNE_EVERY", 0.0)
+    monkeypatch.setattr(maintenance, "VACUUM_EVERY", 0.0)
 
 
 def _events(logs: list[dict], name: str) -> list[dict]:
@@ -95,7 +97,7 @@ async def test_a_big_table_whose_dead_rows_are_a_small_share_is_not_vacuumed(
     assert vacuums(conn, schema) == before + 1
 
 
-async def test_a_table_vacuumed_within_half_a_round_is_not_vacuumed_again(conn, schema, store):
+async def test_a_table_vacuumed_moments_ago_is_not_vacuumed_again(conn, schema, store):
     make_dead_rows(conn, schema, 30_000)
     conn.execute(f'VACUUM "{schema}".jobs')  # autovacuum, or another runner, just did
     make_dead_rows(conn, schema, 30_000)

@@ -1,9 +1,10 @@
 """Maintenance services: the rescuer (expired leases) and the pruner (old finished jobs).
 
 Any number of runners may rescue at once: each statement locks its rows with
-``FOR UPDATE SKIP LOCKED``. One runner a round prunes: the first to claim it, which then vacuums
-the jobs table when autovacuum has fallen far behind (``vacuum``). A round that fails (the
-database is away) is simply tried again at the next one.
+``FOR UPDATE SKIP LOCKED``. One runner a round prunes: the first to claim it. Every VACUUM_EVERY
+seconds each runner looks whether autovacuum has fallen far behind, and vacuums the jobs table
+if so (``vacuum``; a vacuum that another holds is skipped). A round that fails (the database is
+away) is simply tried again at the next one.
 """
 
 from __future__ import annotations
@@ -18,13 +19,18 @@ from outbox.runner.vacuum import Vacuumer
 from outbox.safety import safe_failure_message
 from outbox.store import Store, VacuumingStore
 
-__all__ = ["PRUNE_EVERY", "RESCUE_BATCH", "Pruner", "Rescuer"]
+__all__ = ["PRUNE_EVERY", "RESCUE_BATCH", "VACUUM_EVERY", "Pruner", "Rescuer"]
 
 RESCUE_BATCH = 1000
 """Expired leases recovered per statement."""
 
 PRUNE_EVERY = 60.0
 """Seconds between pruning rounds."""
+
+VACUUM_EVERY = 2.5
+"""Seconds between looks at the jobs table's dead rows (one cheap statistics query). Dead rows
+come from every lease and outcome, not only from pruning: at thousands of jobs a second a
+minute's wait (autovacuum's default naptime) lets a million pile up."""
 
 
 class Rescuer:
@@ -64,8 +70,8 @@ class Pruner:
     """Every PRUNE_EVERY seconds, deletes jobs that finished longer than ``retention`` ago.
 
     Of all the runners on one schema, one prunes a round: the first to ask (the others skip it).
-    With ``vacuum`` (and a store that can, ``VacuumingStore``), that runner then vacuums the jobs
-    table when ``vacuum.vacuum_due`` says so.
+    With ``vacuum`` (and a store that can, ``VacuumingStore``) it also looks every VACUUM_EVERY
+    seconds, and vacuums the jobs table when ``vacuum.vacuum_due`` says so.
     """
 
     name = "pruner"
@@ -85,17 +91,18 @@ class Pruner:
         """Prune until cancelled."""
         while True:
             await self.round()
-            await self._clock.sleep(PRUNE_EVERY)
+            every = PRUNE_EVERY if self._vacuumer is None else min(PRUNE_EVERY, VACUUM_EVERY)
+            await self._clock.sleep(every)
 
     async def round(self) -> None:
-        """Prune, unless another runner has this round; then vacuum when the table needs it."""
+        """Prune, unless another runner pruned this round; then vacuum if the table needs it."""
         try:
             pruned = await self._store.prune(self._retention, once_per=PRUNE_EVERY * 0.9)
         except DatabaseError as exc:
             self._log.warning("runner.prune_failed", error=safe_failure_message(exc))
-            return
-        if pruned:
-            self._log.info("runner.pruned", jobs=pruned)
-        if pruned is not None and self._vacuumer is not None:
-            # At most one vacuum a round, whoever runs it (autovacuum, or a runner last round).
-            await self._vacuumer.round(quiet=PRUNE_EVERY / 2)
+        else:
+            if pruned:
+                self._log.info("runner.pruned", jobs=pruned)
+        if self._vacuumer is not None:
+            # Whoever vacuumed last (autovacuum, this runner or another), not again so soon.
+            await self._vacuumer.round(quiet=min(PRUNE_EVERY, VACUUM_EVERY))

@@ -1,12 +1,12 @@
-"""The runner's own ``VACUUM`` of the jobs table: after a pruning round, when autovacuum lags.
+"""The runner's own ``VACUUM`` of the jobs table, when autovacuum lags far behind.
 
 Every job leaves about three dead row versions (its lease, its outcome, its pruning), and the
 autovacuum launcher visits a database only once per ``autovacuum_naptime`` (60 s by default): at
 thousands of jobs a second, hundreds of thousands of dead rows pile up between its visits and the
-table and its indexes grow to hold them (``benchmarks/churn.py``). So the runner that took a
-pruning round also vacuums the table when ``vacuum_due`` says autovacuum has fallen far behind,
-as River's and Oban's maintenance services look after their own tables. Autovacuum still does the
-everyday work: a lightly used table never meets the rule.
+table and its indexes grow to hold them (``benchmarks/churn.py``). So every VACUUM_EVERY seconds
+(``outbox.runner.maintenance``) a runner looks, and vacuums the table when ``vacuum_due`` says
+autovacuum has fallen far behind, as River's and Oban's maintenance services look after their
+own tables. Autovacuum still does the everyday work: a lightly used table never meets the rule.
 """
 
 from __future__ import annotations
@@ -49,11 +49,11 @@ def vacuum_due(stats: TableStats, *, left: int, quiet: float) -> bool:
 
 
 class Vacuumer:
-    """Vacuums the jobs table after each pruning round this runner takes, when ``vacuum_due``.
+    """Vacuums the jobs table at each look (``round``) when ``vacuum_due``.
 
     A role that may not vacuum the table (it neither owns it nor, on PostgreSQL 17+, has MAINTAIN
     on it) is said once, as ``runner.vacuum_skipped``; then it stops trying. A vacuum that fails
-    (the database is away, the timeout) is logged and tried again at the next round.
+    (the database is away, the timeout) is logged and tried again at the next look.
     """
 
     def __init__(self, store: VacuumingStore, *, log: Any) -> None:
