@@ -5,11 +5,18 @@ runners on a schema, one prunes a round."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 import pytest
+from structlog import get_logger
+from structlog.testing import capture_logs
 
 from outbox import store as store_module
+from outbox.errors import DatabaseUnavailableError
+from outbox.runner import maintenance
+from outbox.runner.maintenance import Pruner
 from outbox.store import PgStore
+from outbox.testing import FakeClock, InMemoryStore
 
 
 @pytest.fixture
@@ -72,3 +79,24 @@ async def test_one_runner_prunes_a_round(conn, schema, dsn, store):
         assert await other.prune(86400, once_per=60) == 2  # the next round
     finally:
         await other.close()
+
+
+async def test_a_pruner_facing_a_dead_database_warns_once_a_round_not_at_every_look():
+    class AwayStore(InMemoryStore):
+        tries = 0
+
+        async def prune(self, older_than: float, *, once_per: float | None = None) -> int | None:
+            self.tries += 1
+            raise DatabaseUnavailableError("cannot reach the database")
+
+    clock = FakeClock()
+    store = AwayStore()
+    pruner = Pruner(store=store, retention=timedelta(days=1), clock=clock, log=get_logger())
+    with capture_logs() as logs:
+        for _ in range(5):  # looks every VACUUM_EVERY: five in 10 s
+            await pruner.round()
+            clock.advance(maintenance.VACUUM_EVERY)
+        clock.advance(maintenance.PRUNE_EVERY)
+        await pruner.round()
+    assert store.tries == 2
+    assert [e["event"] for e in logs] == ["runner.prune_failed"] * 2

@@ -9,6 +9,7 @@ away) is simply tried again at the next one.
 
 from __future__ import annotations
 
+import math
 from datetime import timedelta
 from typing import Any
 
@@ -86,6 +87,7 @@ class Pruner:
         self._vacuumer = (
             Vacuumer(store, log=log) if vacuum and isinstance(store, VacuumingStore) else None
         )
+        self._pruned_at = -math.inf
 
     async def run(self) -> None:
         """Prune until cancelled."""
@@ -95,12 +97,15 @@ class Pruner:
             await self._clock.sleep(every)
 
     async def round(self) -> None:
-        """Prune, unless another runner pruned this round; then vacuum if the table needs it."""
-        try:
-            pruned = await self._store.prune(self._retention, once_per=PRUNE_EVERY * 0.9)
-        except DatabaseError as exc:
-            self._log.warning("runner.prune_failed", error=safe_failure_message(exc))
-        else:
+        """Prune when due (unless another runner pruned this round); vacuum if the table needs."""
+        now = self._clock.monotonic()
+        if now - self._pruned_at >= PRUNE_EVERY:
+            self._pruned_at = now
+            try:
+                pruned = await self._store.prune(self._retention, once_per=PRUNE_EVERY * 0.9)
+            except DatabaseError as exc:
+                self._log.warning("runner.prune_failed", error=safe_failure_message(exc))
+                return  # the database is away: no use looking at its statistics either
             if pruned:
                 self._log.info("runner.pruned", jobs=pruned)
         if self._vacuumer is not None:

@@ -53,7 +53,8 @@ class Vacuumer:
 
     A role that may not vacuum the table (it neither owns it nor, on PostgreSQL 17+, has MAINTAIN
     on it) is said once, as ``runner.vacuum_skipped``; then it stops trying. A vacuum that fails
-    (the database is away, the timeout) is logged and tried again at the next look.
+    (the database is away, the timeout) is logged, once while it keeps failing, and tried again at
+    the next look.
     """
 
     def __init__(self, store: VacuumingStore, *, log: Any) -> None:
@@ -61,6 +62,7 @@ class Vacuumer:
         self._log = log
         self._left = 0
         self._refused = False
+        self._failing = False
 
     async def round(self, *, quiet: float) -> None:
         """Look at the table's statistics and vacuum it when it needs it."""
@@ -69,7 +71,12 @@ class Vacuumer:
         try:
             await self._round(quiet)
         except DatabaseError as exc:
-            self._log.warning("runner.vacuum_failed", error=safe_failure_message(exc))
+            # Said once while it keeps failing: a look comes every few seconds.
+            level = "debug" if self._failing else "warning"
+            self._failing = True
+            getattr(self._log, level)("runner.vacuum_failed", error=safe_failure_message(exc))
+        else:
+            self._failing = False
 
     async def _round(self, quiet: float) -> None:
         stats = await self._store.table_stats()
