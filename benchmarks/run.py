@@ -57,8 +57,6 @@ SCENARIOS = [
              "enqueue_clients", 20_000, 4000, {"clients": 16, "listening": True}, only=("ours",),
              baseline="enqueue_clients"),
     Scenario("enqueue_bulk", "enqueue 100,000 jobs in one call", "enqueue_bulk", 100_000, 20_000),
-    Scenario("enqueue_bulk_count", "the same, returning a count, not the ids", "enqueue_bulk",
-             100_000, 20_000, {"count-only": True}, only=("ours",), baseline="enqueue_bulk"),
     Scenario("drain_c1", "drain 3,000 jobs, 1 process, concurrency 1", "drain", 3000, 1000,
              {"concurrency": 1}),
     Scenario("drain_c10", "drain 30,000 jobs, 1 process, concurrency 10", "drain", 30_000, 10_000,

@@ -80,7 +80,6 @@ __all__ = [
     "discard",
     "enqueue",
     "enqueue_many",
-    "enqueue_many_fast",
     "flush",
     "get_job",
     "limits",
@@ -106,7 +105,6 @@ count = _DEFAULT.count
 discard = _DEFAULT.discard
 enqueue = _DEFAULT.enqueue
 enqueue_many = _DEFAULT.enqueue_many
-enqueue_many_fast = _DEFAULT.enqueue_many_fast
 flush = _DEFAULT.flush
 get_job = _DEFAULT.get_job
 limits = _DEFAULT.limits

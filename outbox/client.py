@@ -197,28 +197,6 @@ class Outbox:
             return self._run(conn, plan)
         return self._run(conn, _enqueue.enqueue_many_plan(self.schema, checked, rows))
 
-    @overload
-    def enqueue_many_fast(self, conn: SyncConn, jobs: Iterable[NewJob]) -> int: ...
-    @overload
-    def enqueue_many_fast(self, conn: AsyncConn, jobs: Iterable[NewJob]) -> Awaitable[int]: ...
-    def enqueue_many_fast(
-        self, conn: AnyConnection, jobs: Iterable[NewJob]
-    ) -> int | Awaitable[int]:
-        """Add many jobs at once and return how many: ``enqueue_many`` without the ids.
-
-        For loads and backfills that do not need the ids: the jobs take theirs from the table's
-        identity as COPY writes them, which saves reserving them first (about a third of the
-        time of a large call). No job may have a unique_key (``InvalidOptionError``). Like
-        ``enqueue_many``, one bad job refuses the whole call and writes nothing.
-        """
-        checked = _enqueue.checked_jobs(jobs)
-        _enqueue.refuse_unique_keys(checked)
-        rows = self._prepare_many(checked)
-        if self.enqueue_via_function:
-            plan = _enqueue.enqueue_many_via_function_plan(self.schema, list(rows))
-            return self._run(conn, _enqueue.counted(plan))
-        return self._run(conn, _enqueue.enqueue_many_fast_plan(self.schema, checked, rows))
-
     def _prepare_many(self, jobs: list[NewJob]) -> Iterator[_enqueue.JobRow]:
         return _enqueue.prepare_many(
             jobs, max_payload_bytes=self.max_payload_bytes, queues=self.queues, models=self.payloads

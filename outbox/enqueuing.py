@@ -43,15 +43,12 @@ __all__ = [
     "JobRow",
     "check_label",
     "checked_jobs",
-    "counted",
-    "enqueue_many_fast_plan",
     "enqueue_many_plan",
     "enqueue_many_via_function_plan",
     "enqueue_plan",
     "enqueue_via_function_plan",
     "prepare",
     "prepare_many",
-    "refuse_unique_keys",
 ]
 
 DEFAULT_MAX_ATTEMPTS = 20
@@ -469,50 +466,20 @@ def enqueue_many_plan(schema: str, jobs: list[NewJob], rows: Iterator[JobRow]) -
     return ids
 
 
-def refuse_unique_keys(jobs: list[NewJob]) -> None:
-    """Refuse unique keys for ``enqueue_many_fast``: a live duplicate's id has nowhere to go."""
-    for index, job in enumerate(jobs):
-        if job.unique_key is not None:
-            raise InvalidOptionError(
-                f"job {index} has a unique_key, which enqueue_many_fast does not take (it returns "
-                "no ids, so a live duplicate could not be reported): use enqueue_many"
-            )
-
-
-def counted(plan: Plan[list[int]]) -> Plan[int]:
-    """``plan``, returning how many ids it returned."""
-    return len((yield from plan))
-
-
-def enqueue_many_fast_plan(schema: str, jobs: list[NewJob], rows: Iterator[JobRow]) -> Plan[int]:
-    """Insert many jobs without unique keys with COPY and no id reservation; return how many."""
-    refuse_unique_keys(jobs)
-    if not jobs:
-        return 0
-    now = None
-    if timed := _timed(jobs):
-        now = (yield Statement(queries.query("now", schema)))[0][0]
-    query = queries.query("copy_jobs_without_ids" if timed else "copy_jobs_now_without_ids", schema)
-    yield Copy(query, _copy_rows(rows, None, now))
-    return len(jobs)
-
-
 def _timed(jobs: list[NewJob]) -> bool:
     """Whether any job has a run_at or a delay: else run_at takes the column's default, now()."""
     return any(job.run_at is not None or job.delay is not None for job in jobs)
 
 
 def _copy_rows(
-    rows: Iterator[JobRow], ids: list[int] | None, now: datetime | None
+    rows: Iterator[JobRow], ids: list[int], now: datetime | None
 ) -> Iterator[tuple[Any, ...]]:
-    """COPY's rows: the id first when reserved, run_at last when some job is timed."""
-    for n, r in enumerate(rows):
+    """COPY's rows: the id first, run_at last when some job is timed."""
+    for job_id, r in zip(ids, rows, strict=True):
         row: tuple[Any, ...] = (
-            r.kind, r.queue, r.payload, r.priority, r.max_attempts, r.metadata, r.timeout,
+            job_id, r.kind, r.queue, r.payload, r.priority, r.max_attempts, r.metadata, r.timeout,
             r.tenant, r.ordering_key,
         )  # fmt: skip
-        if ids is not None:
-            row = (ids[n], *row)
         if now is not None:
             row = (*row, r.run_at or (now + timedelta(seconds=r.delay) if r.delay else now))
         yield row

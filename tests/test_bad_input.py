@@ -169,14 +169,6 @@ CASES: dict[str, tuple[type[Exception], Call]] = {
         InvalidOptionError,
         lambda ob, c: ob.enqueue_many(c, [NewJob("ok"), {"kind": "ok"}]),
     ),
-    "fast-one-bad-kind": (
-        InvalidKindError,
-        lambda ob, c: ob.enqueue_many_fast(c, [NewJob("ok"), NewJob("ok"), NewJob("not ok")]),
-    ),
-    "fast-unique-key": (
-        InvalidOptionError,
-        lambda ob, c: ob.enqueue_many_fast(c, [NewJob("ok"), NewJob("ok", unique_key="u")]),
-    ),
     # reads
     "get-job-str-id": (InvalidOptionError, lambda ob, c: ob.get_job(c, "1")),
     "list-unknown-state": (InvalidOptionError, lambda ob, c: ob.list_jobs(c, state="done")),

@@ -439,44 +439,10 @@ def test_enqueue_many_on_a_connection_outside_autocommit_leaves_the_commit_to_th
     ob, dsn, conn, schema
 ):
     with psycopg.connect(dsn) as own, count_jobs(conn, schema) as added:
-        assert ob.enqueue_many_fast(own, [NewJob("k")] * 3) == 3
         assert len(ob.enqueue_many(own, [NewJob("k")] * 2)) == 2
+        assert len(ob.enqueue_many(own, [NewJob("k", delay=5)] * 3)) == 3
         own.rollback()
     assert added[0] == 0
-
-
-# -- enqueue_many_fast ---------------------------------------------------------------------------
-
-
-async def test_enqueue_many_fast_returns_the_count_and_writes_every_job(ob, c, conn, schema):
-    run_at = datetime(2030, 1, 1, tzinfo=timezone.utc)
-    jobs = [NewJob("k", {"i": i}) for i in range(1_000)]
-    jobs += [NewJob("later", delay=timedelta(minutes=5)), NewJob("at", run_at=run_at)]
-    with count_jobs(conn, schema) as added:
-        assert await done(ob.enqueue_many_fast(c, jobs)) == 1_002
-    assert added[0] == 1_002
-    rows = conn.execute(
-        f'SELECT kind, run_at - created_at, run_at FROM "{schema}".jobs WHERE kind <> %s',
-        ("k",),
-    ).fetchall()
-    (_, _, at), (_, delayed, _) = sorted(rows)
-    # On an autocommit connection the clock is read one statement before the COPY.
-    assert at == run_at and abs(delayed - timedelta(minutes=5)) < timedelta(seconds=1)
-    assert await done(ob.enqueue_many_fast(c, [])) == 0
-
-
-async def test_enqueue_many_fast_refuses_unique_keys_and_writes_nothing(ob, c, conn, schema):
-    jobs = [NewJob("k"), NewJob("k", unique_key="u")]
-    with count_jobs(conn, schema) as added, pytest.raises(InvalidOptionError, match="job 1 has"):
-        await done(ob.enqueue_many_fast(c, jobs))
-    assert added[0] == 0
-
-
-def test_enqueue_many_fast_through_the_function_counts_too(schema, conn):
-    ob = Outbox(schema=schema, enqueue_via_function=True)
-    with count_jobs(conn, schema) as added:
-        assert ob.enqueue_many_fast(conn, [NewJob("k", {"i": i}) for i in range(5)]) == 5
-    assert added[0] == 5
 
 
 # -- payloads ------------------------------------------------------------------------------------

@@ -7,8 +7,7 @@ that cannot run a scenario prints ``{"skip": "why"}``.
 
 Scenarios:
   enqueue_single  N jobs, one transaction each                     -> jobs/s
-  enqueue_bulk    N jobs in one call (--count-only: a variant that
-                  returns how many, not the ids)                   -> jobs/s
+  enqueue_bulk    N jobs in one call                                -> jobs/s
   enqueue_clients N jobs, one transaction each, from --clients threads
                   with a connection each (a web app's workers)      -> jobs/s
   drain           N jobs enqueued (in one statement) to --processes
@@ -66,8 +65,6 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--trap", choices=["none", "kind", "queue", "scheduled"], default="none")
     parser.add_argument("--ballast", type=int, default=0, help="trap: pending jobs not to run")
     parser.add_argument("--clients", type=int, default=16, help="enqueue_clients: threads")
-    parser.add_argument("--count-only", action="store_true",
-                        help="enqueue_bulk: the variant that returns a count, not ids")
     parser.add_argument("--other-process", action="store_true",
                         help="latency: the runner in another process, timed from the call")
     parser.add_argument("--listening", action="store_true",

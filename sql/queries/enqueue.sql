@@ -63,17 +63,6 @@ COPY {schema}.jobs (id, kind, queue, payload, priority, max_attempts, metadata, 
                    ordering_key)
 FROM STDIN
 
--- name: copy_jobs_without_ids
--- enqueue_many_fast: the ids come from the column's identity, and nobody reads them.
-COPY {schema}.jobs (kind, queue, payload, priority, max_attempts, metadata, timeout_seconds, tenant,
-                   ordering_key, run_at)
-FROM STDIN
-
--- name: copy_jobs_now_without_ids
-COPY {schema}.jobs (kind, queue, payload, priority, max_attempts, metadata, timeout_seconds, tenant,
-                   ordering_key)
-FROM STDIN
-
 -- name: enqueue_via_function
 -- Through the SECURITY DEFINER function: for a role that may only enqueue (see migration 0006).
 SELECT {schema}.enqueue(%s, %s::jsonb, %s::timestamptz, %s, %s, %s, %s, %s::float8, %s, %s,
