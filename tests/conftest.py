@@ -157,6 +157,23 @@ def ob(schema: str) -> Outbox:
 
 
 @pytest.fixture
+def role(dsn, conn) -> Iterator[Callable[[], tuple[str, str]]]:
+    """Make a login role; returns its name and a DSN connecting as it. Dropped at the end."""
+    made: list[str] = []
+
+    def make() -> tuple[str, str]:
+        name = f"r_{uuid.uuid4().hex[:10]}"
+        conn.execute(f'CREATE ROLE "{name}" LOGIN')
+        made.append(name)
+        return name, psycopg.conninfo.make_conninfo(dsn, user=name)
+
+    yield make
+    for name in made:
+        conn.execute(f'DROP OWNED BY "{name}"')
+        conn.execute(f'DROP ROLE "{name}"')
+
+
+@pytest.fixture
 def conn(dsn: str) -> Iterator[psycopg.Connection]:
     """A sync connection in autocommit mode (tests open transactions explicitly)."""
     with psycopg.connect(dsn, autocommit=True) as c:

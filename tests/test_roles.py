@@ -4,32 +4,12 @@ Each test makes login roles of its own (trust auth: connecting as them needs no 
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
-
 import psycopg
 import pytest
 from psycopg import errors as pg_errors
 
 from outbox import HandlerMux, Job, NewJob, Outbox, Runner
 from tests.helpers import eventually, running
-
-
-@pytest.fixture
-def role(dsn, conn) -> Iterator[callable]:
-    """Make a login role; returns a DSN connecting as it. Dropped at the end."""
-    made: list[str] = []
-
-    def make() -> tuple[str, str]:
-        name = f"r_{uuid.uuid4().hex[:10]}"
-        conn.execute(f'CREATE ROLE "{name}" LOGIN')
-        made.append(name)
-        return name, psycopg.conninfo.make_conninfo(dsn, user=name)
-
-    yield make
-    for name in made:
-        conn.execute(f'DROP OWNED BY "{name}"')
-        conn.execute(f'DROP ROLE "{name}"')
 
 
 def _denied(dsn: str, statement: str) -> bool:

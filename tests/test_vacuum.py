@@ -3,15 +3,14 @@ it looks, and vacuums only when autovacuum has fallen far behind; never for a qu
 twice for rows an old snapshot keeps, once said and then left alone by a role that may not.
 
 Autovacuum is off on every table here (per table: the test server may run it), so each vacuum
-counted is the runner's or the test's. The pruner's rounds are driven one by one (``round()``),
+counted is the runner's or the test's. The vacuumer's looks are driven one by one (``round()``),
 or by a FakeClock; with PRUNE_EVERY and VACUUM_EVERY at 0 every round is this runner's and none
 is quiet."""
 
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import psycopg
@@ -22,6 +21,7 @@ from outbox import HandlerMux, Job, Runner
 from outbox.observe import get_logger
 from outbox.runner import maintenance, vacuum
 from outbox.runner.maintenance import Pruner
+from outbox.runner.vacuum import Vacuumer
 from outbox.store import PgStore
 from outbox.testing import FakeClock
 from tests.helpers import eventually, make_dead_rows, no_autovacuum, running, vacuums
@@ -42,7 +42,7 @@ async def store(dsn: str, schema: str, conn) -> AsyncIterator[PgStore]:
 def every_round(monkeypatch) -> None:
     """Every round is this runner's (no other claimed it lately) and none is quiet."""
     monkeypatch.setattr(maintenance, "PRUNE_EVERY", 0.0)
-    monkeypatch.setattr(maintenance, "VACUUM_EVERY", 0.0)
+    monkeypatch.setattr(vacuum, "VACUUM_EVERY", 0.0)
 
 
 def _events(logs: list[dict], name: str) -> list[dict]:
@@ -62,6 +62,7 @@ async def test_a_prune_round_that_leaves_many_dead_rows_vacuums_the_table(
     with capture_logs() as logs:
         pruner = Pruner(store=store, retention=RETENTION, clock=FakeClock(), log=get_logger())
         await pruner.round()
+        await Vacuumer(store, clock=FakeClock(), log=get_logger()).round()
     assert vacuums(conn, schema) == before + 1
     [pruned] = _events(logs, "runner.pruned")
     assert pruned["jobs"] == 100
@@ -75,8 +76,8 @@ async def test_a_table_with_few_dead_rows_is_not_vacuumed(conn, schema, store, e
     make_dead_rows(conn, schema, vacuum.VACUUM_MIN_DEAD // 2)
     before = vacuums(conn, schema)
     with capture_logs() as logs:
-        pruner = Pruner(store=store, retention=RETENTION, clock=FakeClock(), log=get_logger())
-        await pruner.round()
+        vacuumer = Vacuumer(store, clock=FakeClock(), log=get_logger())
+        await vacuumer.round()
     assert vacuums(conn, schema) == before
     assert not _events(logs, "runner.vacuumed")
 
@@ -89,11 +90,11 @@ async def test_a_big_table_whose_dead_rows_are_a_small_share_is_not_vacuumed(
     )
     make_dead_rows(conn, schema, 15_000)  # above VACUUM_MIN_DEAD, under 20 % of 100,000
     before = vacuums(conn, schema)
-    pruner = Pruner(store=store, retention=RETENTION, clock=FakeClock(), log=get_logger())
-    await pruner.round()
+    vacuumer = Vacuumer(store, clock=FakeClock(), log=get_logger())
+    await vacuumer.round()
     assert vacuums(conn, schema) == before
     make_dead_rows(conn, schema, 10_000)  # 25,000 now: a quarter of the live rows
-    await pruner.round()
+    await vacuumer.round()
     assert vacuums(conn, schema) == before + 1
 
 
@@ -102,8 +103,8 @@ async def test_a_table_vacuumed_moments_ago_is_not_vacuumed_again(conn, schema, 
     conn.execute(f'VACUUM "{schema}".jobs')  # autovacuum, or another runner, just did
     make_dead_rows(conn, schema, 30_000)
     before = vacuums(conn, schema)
-    pruner = Pruner(store=store, retention=RETENTION, clock=FakeClock(), log=get_logger())
-    await pruner.round()
+    vacuumer = Vacuumer(store, clock=FakeClock(), log=get_logger())
+    await vacuumer.round()
     assert vacuums(conn, schema) == before
 
 
@@ -116,27 +117,31 @@ async def test_dead_rows_an_old_snapshot_still_sees_are_vacuumed_for_once(
         make_dead_rows(conn, schema, 30_000)
         before = vacuums(conn, schema)
         with capture_logs() as logs:
-            pruner = Pruner(store=store, retention=RETENTION, clock=FakeClock(), log=get_logger())
-            await pruner.round()
-            await pruner.round()
+            vacuumer = Vacuumer(store, clock=FakeClock(), log=get_logger())
+            await vacuumer.round()
+            await vacuumer.round()
         assert vacuums(conn, schema) == before + 1  # the second would have freed nothing
         [done] = _events(logs, "runner.vacuumed")
         assert done["dead_after"] >= 30_000
         reader.rollback()
     make_dead_rows(conn, schema, vacuum.VACUUM_MIN_DEAD)  # as many dead rows again as it takes
-    await pruner.round()
+    await vacuumer.round()
     assert vacuums(conn, schema) == before + 2
 
 
-async def test_vacuum_can_be_turned_off(conn, schema, store, every_round):
-    make_dead_rows(conn, schema, 30_000)
-    before = vacuums(conn, schema)
+async def test_vacuum_can_be_turned_off(dsn, ob, conn, every_round):
+    no_autovacuum(conn, ob.schema)
+    make_dead_rows(conn, ob.schema, 30_000)
+    before = vacuums(conn, ob.schema)
+    old = _old_job(conn, ob.schema)
+    mux = HandlerMux()
+    mux.register("x", lambda job: None)
     with capture_logs() as logs:
-        pruner = Pruner(
-            store=store, retention=RETENTION, clock=FakeClock(), log=get_logger(), vacuum=False
-        )
-        await pruner.round()
-    assert vacuums(conn, schema) == before
+        async with running(Runner(mux, dsn=dsn, outbox=ob, clock=FakeClock(), vacuum=False)):
+            await eventually(lambda: _gone(conn, ob.schema, old))  # its maintenance has run
+    [started] = _events(logs, "runner.started")
+    assert "vacuumer" not in started["services"] and started["vacuum"] is False
+    assert vacuums(conn, ob.schema) == before
     assert not [e for e in logs if e["event"].startswith("runner.vacuum")]
 
 
@@ -154,12 +159,12 @@ async def test_a_vacuum_cut_off_by_its_timeout_is_warned_once_and_tried_at_the_n
     await store.open()
     try:
         with capture_logs() as logs:
-            pruner = Pruner(store=store, retention=RETENTION, clock=FakeClock(), log=get_logger())
+            vacuumer = Vacuumer(store, clock=FakeClock(), log=get_logger())
             monkeypatch.setattr(vacuum, "VACUUM_TIMEOUT", 0.1)
-            await pruner.round()
+            await vacuumer.round()
             [failed] = _events(logs, "runner.vacuum_failed")
             assert "did not finish within 0.1 s" in failed["error"]
-            await pruner.round()  # failing again: said at debug level, not warned again
+            await vacuumer.round()  # failing again: said at debug level, not warned again
             said = [e["log_level"] for e in _events(logs, "runner.vacuum_failed")]
             assert said == ["warning", "debug"]
             ours = conn.execute(
@@ -169,28 +174,11 @@ async def test_a_vacuum_cut_off_by_its_timeout_is_warned_once_and_tried_at_the_n
             assert ours == (0,)
             assert vacuums(conn, schema) == before  # cancelled on the server, not left running
             monkeypatch.setattr(vacuum, "VACUUM_TIMEOUT", 60.0)
-            await pruner.round()  # on the same pool: the cancelled statement left it usable
+            await vacuumer.round()  # on the same pool: the cancelled statement left it usable
     finally:
         await store.close()
     assert vacuums(conn, schema) == before + 1
     assert len(_events(logs, "runner.vacuumed")) == 1
-
-
-@pytest.fixture
-def role(dsn, conn) -> Iterator[Callable[[], tuple[str, str]]]:
-    """Make a login role; returns its name and a DSN connecting as it. Dropped at the end."""
-    made: list[str] = []
-
-    def make() -> tuple[str, str]:
-        name = f"r_{uuid.uuid4().hex[:10]}"
-        conn.execute(f'CREATE ROLE "{name}" LOGIN')
-        made.append(name)
-        return name, psycopg.conninfo.make_conninfo(dsn, user=name)
-
-    yield make
-    for name in made:
-        conn.execute(f'DROP OWNED BY "{name}"')
-        conn.execute(f'DROP ROLE "{name}"')
 
 
 def _old_job(conn, schema: str) -> int:
@@ -256,8 +244,37 @@ async def test_a_runner_role_granted_maintain_vacuums_the_table(ob, conn, role, 
     store = PgStore(schema=ob.schema, dsn=as_runner)
     await store.open()
     try:
-        pruner = Pruner(store=store, retention=RETENTION, clock=FakeClock(), log=get_logger())
-        await pruner.round()
+        vacuumer = Vacuumer(store, clock=FakeClock(), log=get_logger())
+        await vacuumer.round()
     finally:
         await store.close()
     assert vacuums(conn, ob.schema) == before + 1
+
+
+async def test_a_vacuumer_that_dies_is_restarted_and_the_runner_keeps_running(dsn, ob, conn):
+    class BuggyStats(PgStore):
+        looks = 0
+
+        async def table_stats(self):
+            self.looks += 1
+            if self.looks == 1:
+                raise RuntimeError("a bug in the statistics")
+            return await super().table_stats()
+
+    clock = FakeClock()
+    store = BuggyStats(schema=ob.schema, dsn=dsn)
+    mux = HandlerMux()
+    mux.register("x", lambda job: None)
+    runner = Runner(mux, store=store, outbox=ob, clock=clock)
+    with capture_logs() as logs:
+        async with running(runner):
+            for _ in range(100):  # the supervisor's restart pause is on the runner's clock
+                if store.looks >= 2:
+                    break
+                clock.advance(1.0)
+                await asyncio.sleep(0.01)
+            assert store.looks >= 2
+            assert (await runner.health()).live
+    failed = [e for e in logs if e["event"] == "runner.service_failed"]
+    assert [e["service"] for e in failed] == ["vacuumer"]
+    assert any(e["event"] == "runner.service_restarted" for e in logs)

@@ -35,8 +35,9 @@ from outbox.runner.scheduler import PeriodicEnqueuer
 from outbox.runner.state import Shared
 from outbox.runner.supervisor import Service, Supervisor, cancel_and_wait
 from outbox.runner.threads import HandlerThreads
+from outbox.runner.vacuum import Vacuumer
 from outbox.safety import safe_failure_message, safe_label
-from outbox.store import RunnerRow
+from outbox.store import RunnerRow, VacuumingStore
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -147,15 +148,9 @@ class Run:
         ]
         services.append(Registrar(shared, store=store, row=self.runner_row(), clock=clock, log=log))
         if runner.retention is not None:
-            services.append(
-                Pruner(
-                    store=store,
-                    retention=runner.retention,
-                    clock=clock,
-                    log=log,
-                    vacuum=runner.vacuum,
-                )
-            )
+            services.append(Pruner(store=store, retention=runner.retention, clock=clock, log=log))
+        if runner.vacuum and isinstance(store, VacuumingStore):
+            services.append(Vacuumer(store, clock=clock, log=log))
         if runner.mux.schedules():
             services.append(
                 PeriodicEnqueuer(
@@ -185,7 +180,7 @@ class Run:
             kinds=[safe_label(k) for k in self.runner.mux.kinds()],
             lanes=[(lane.queues, lane.limit) for lane in self.shared.lanes],
             services=[s.name for s in services],
-            vacuum=self.runner.vacuum and self.runner.retention is not None,
+            vacuum=any(isinstance(s, Vacuumer) for s in services),
         )
         for service in services:
             self.supervisor.start(service)

@@ -66,9 +66,9 @@ class Runner:
     ``listen_dsn`` to Postgres; without one the runner polls every ``poll_interval``.
 
     Finished jobs older than ``retention`` are deleted once a minute by one of the runners on
-    the schema (None: never). With ``vacuum`` (the default), the runner looks every 2.5 s and runs
-    a plain ``VACUUM`` of the jobs table when autovacuum has fallen far behind (see
-    ``outbox.runner.vacuum``); it needs to own the table, or MAINTAIN on it (PostgreSQL 17+),
+    the schema (None: never). With ``vacuum`` (the default), the runner's vacuumer looks every
+    2.5 s and runs a plain ``VACUUM`` of the jobs table when autovacuum has fallen far behind
+    (see ``outbox.runner.vacuum``); it needs to own the table, or MAINTAIN on it (PostgreSQL 17+),
     and says once when it may not. ``vacuum=False`` leaves the table to autovacuum alone.
     """
 

@@ -4,8 +4,8 @@ Every job leaves about three dead row versions (its lease, its outcome, its prun
 autovacuum launcher visits a database only once per ``autovacuum_naptime`` (60 s by default): at
 thousands of jobs a second, hundreds of thousands of dead rows pile up between its visits and the
 table and its indexes grow to hold them (``benchmarks/churn.py``). So every VACUUM_EVERY seconds
-(``outbox.runner.maintenance``) a runner looks, and vacuums the table when ``vacuum_due`` says
-autovacuum has fallen far behind, as River's and Oban's maintenance services look after their
+a runner's vacuumer looks, and vacuums the table when ``vacuum_due`` says autovacuum has fallen
+far behind, as River's and Oban's maintenance services look after their
 own tables. Autovacuum still does the everyday work: a lightly used table never meets the rule.
 """
 
@@ -14,11 +14,25 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from outbox.clock import Clock
 from outbox.errors import DatabaseError
 from outbox.safety import safe_failure_message
 from outbox.store import TableStats, VacuumingStore
 
-__all__ = ["VACUUM_DEAD_SHARE", "VACUUM_MIN_DEAD", "VACUUM_TIMEOUT", "Vacuumer", "vacuum_due"]
+__all__ = [
+    "VACUUM_DEAD_SHARE",
+    "VACUUM_EVERY",
+    "VACUUM_MIN_DEAD",
+    "VACUUM_TIMEOUT",
+    "Vacuumer",
+    "vacuum_due",
+]
+
+VACUUM_EVERY = 2.5
+"""Seconds between looks at the jobs table's dead rows (one cheap statistics query), and the
+quiet time after any vacuum ends. Dead rows come from every lease and outcome, not only from
+pruning: at thousands of jobs a second a minute's wait (autovacuum's default naptime) lets a
+million pile up."""
 
 VACUUM_MIN_DEAD = 10_000
 """Dead rows below which the runner never vacuums: a small or quiet table is autovacuum's alone."""
@@ -49,7 +63,10 @@ def vacuum_due(stats: TableStats, *, left: int, quiet: float) -> bool:
 
 
 class Vacuumer:
-    """Vacuums the jobs table at each look (``round``) when ``vacuum_due``.
+    """A runner service: every VACUUM_EVERY seconds, vacuums the jobs table when ``vacuum_due``.
+
+    Every runner looks: a vacuum that another holds is skipped at once, and none follows another
+    within VACUUM_EVERY.
 
     A role that may not vacuum the table (it neither owns it nor, on PostgreSQL 17+, has MAINTAIN
     on it) is said once, as ``runner.vacuum_skipped``; then it stops trying. A vacuum that fails
@@ -57,19 +74,28 @@ class Vacuumer:
     the next look.
     """
 
-    def __init__(self, store: VacuumingStore, *, log: Any) -> None:
+    name = "vacuumer"
+
+    def __init__(self, store: VacuumingStore, *, clock: Clock, log: Any) -> None:
         self._store = store
+        self._clock = clock
         self._log = log
         self._left = 0
         self._refused = False
         self._failing = False
 
-    async def round(self, *, quiet: float) -> None:
+    async def run(self) -> None:
+        """Look, and vacuum when needed, until cancelled."""
+        while True:
+            await self.round()
+            await self._clock.sleep(VACUUM_EVERY)
+
+    async def round(self) -> None:
         """Look at the table's statistics and vacuum it when it needs it."""
         if self._refused:
             return
         try:
-            await self._round(quiet)
+            await self._round(VACUUM_EVERY)
         except DatabaseError as exc:
             # Said once while it keeps failing: a look comes every few seconds.
             level = "debug" if self._failing else "warning"

@@ -93,7 +93,6 @@ RETURNING j.id
 
 -- name: claim_prune
 -- One runner prunes a round: the first to ask once `every` seconds have passed since the last.
--- It also vacuums the table after that round, when it needs it (vacuum_stats, vacuum_jobs).
 UPDATE {schema}.lease_state SET pruned_at = now()
 WHERE one AND (pruned_at IS NULL OR pruned_at <= now() - make_interval(secs => %(every)s))
 RETURNING true
