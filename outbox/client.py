@@ -8,7 +8,7 @@ commits.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar, overload
@@ -191,16 +191,14 @@ class Outbox:
         id per input, in input order.
         """
         checked = _enqueue.checked_jobs(jobs)
-        rows = self._prepare_many(checked)
+        rows = _enqueue.prepare_many(
+            checked, max_payload_bytes=self.max_payload_bytes, queues=self.queues,
+            models=self.payloads,
+        )  # fmt: skip
         if self.enqueue_via_function:
             plan = _enqueue.enqueue_many_via_function_plan(self.schema, list(rows))
             return self._run(conn, plan)
         return self._run(conn, _enqueue.enqueue_many_plan(self.schema, checked, rows))
-
-    def _prepare_many(self, jobs: list[NewJob]) -> Iterator[_enqueue.JobRow]:
-        return _enqueue.prepare_many(
-            jobs, max_payload_bytes=self.max_payload_bytes, queues=self.queues, models=self.payloads
-        )
 
     @overload
     def get_job(self, conn: SyncConn, job_id: int) -> Job | None: ...

@@ -405,7 +405,7 @@ def checked_jobs(jobs: Iterable[NewJob]) -> list[NewJob]:
     """The jobs of a bulk enqueue as a list, refusing anything that is not a NewJob."""
     checked = list(jobs)
     for index, job in enumerate(checked):
-        if type(job) is not NewJob and not isinstance(job, NewJob):
+        if not isinstance(job, NewJob):
             raise InvalidOptionError(f"job {index} is a {type(job).__name__}, expected NewJob")
     return checked
 
