@@ -47,13 +47,13 @@ async def drain(dsn: str, ob: Outbox, jobs: int, concurrency: int, handler: str)
     task = asyncio.create_task(runner.run())
     started = time.perf_counter()
     left = (
-        f'SELECT count(*) FROM "{ob.schema}".jobs'
-        " WHERE state = 'pending' OR state = 'running'"
+        f'SELECT EXISTS (SELECT 1 FROM "{ob.schema}".jobs WHERE state = \'pending\')'
+        f' OR EXISTS (SELECT 1 FROM "{ob.schema}".jobs WHERE state = \'running\')'
     )
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
         while True:
             row = await (await conn.execute(left)).fetchone()
-            if row is not None and row[0] == 0:
+            if row is not None and not row[0]:
                 break
             await asyncio.sleep(0.02)
     elapsed = time.perf_counter() - started

@@ -148,4 +148,26 @@ async def test_listeners_and_an_app_logger_on_a_real_database(dsn, ob, conn, cap
         [("started", ok), ("started", bad), ("succeeded", ok), ("discarded", bad)]
     )
     events = {r.getMessage() for r in caplog.records if r.name == "myapp.outbox"}
-    assert {"runner.started", "job.discarded", "runner.stopped"} <= events
+    assert {"runner.started", "job.started", "job.succeeded", "job.discarded",
+            "runner.stopped"} <= events  # fmt: skip
+    [success] = [r for r in caplog.records if r.getMessage() == "job.succeeded"]
+    assert success.job_id == ok and success.kind == "work" and success.duration >= 0
+
+
+async def test_an_app_logger_at_info_gets_no_per_success_events(dsn, ob, conn, caplog):
+    import logging
+
+    mux = HandlerMux()
+
+    @mux.register("work")
+    async def work(job: Job) -> None:
+        raise ValueError("again") if job.payload.get("fail") else None
+
+    ob.enqueue(conn, "work", {})
+    ob.enqueue(conn, "work", {"fail": True}, max_attempts=2)
+    logger = logging.getLogger("myapp.quiet")
+    with caplog.at_level(logging.INFO, logger="myapp.quiet"):
+        await Runner(mux, dsn=dsn, outbox=ob, logger=logger).run_once()
+    events = [r.getMessage() for r in caplog.records if r.name == "myapp.quiet"]
+    assert "job.retry" in events  # INFO and above are told
+    assert "job.started" not in events and "job.succeeded" not in events

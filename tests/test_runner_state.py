@@ -17,7 +17,7 @@ def held(shared: Shared, job_id: int, attempt: int) -> Held:
         id=job_id, kind="k", queue="default", payload=None, state=JobState.RUNNING,
         priority=0, attempts=attempt, max_attempts=5, run_at=now, created_at=now,
     )  # fmt: skip
-    entry = Held(job, shared.lanes[0], mux.route("k"))
+    entry = Held(job, shared.lanes[0], mux.route("k"), (job.id, job.attempts))
     shared.lanes[0].busy += 1
     shared.held[entry.key] = entry
     return entry

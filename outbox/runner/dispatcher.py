@@ -49,7 +49,7 @@ class Dispatcher:
         *,
         name: str,
         store: Store,
-        start: Callable[[Lane, Leased], None],
+        start: Callable[[Lane, Sequence[Leased]], None],
         runner_id: str,
         kinds: Sequence[str],
         lease_seconds: float,
@@ -103,9 +103,8 @@ class Dispatcher:
                 got = len(rows)
                 # Per batch, not per job: asking OpenTelemetry costs microseconds.
                 shared.tracing = tracing.ENABLED and tracing.recording()
-                for row in rows:
-                    self._start(lane, row)
                 if got:
+                    self._start(lane, rows)
                     self._log.debug("runner.leased", jobs=got, queues=lane.queues)
                 # A full batch means more are probably waiting; a short one, that none are.
                 backlog = got == want

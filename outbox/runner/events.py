@@ -6,7 +6,9 @@ Labels (kinds) go through ``safe_label``; error texts are already bounded by
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -57,50 +59,67 @@ class RunSummary:
 _SUMMARY_FIELDS = {f.name for f in fields(RunSummary)}
 
 
+def _always(level: int) -> bool:
+    return True
+
+
 class Reporter:
     """Logs each attempt's end, counts it, and passes it to the observer."""
 
     def __init__(self, log: Any, observer: Observer) -> None:
         self.log = log
         self.observer = observer
+        self._enabled_for: Callable[[int], bool] = getattr(log, "is_enabled_for", _always)
         self.counts: Counter[str] = Counter()
 
     def summary(self) -> RunSummary:
         """The attempts counted so far."""
         return RunSummary(**{k: v for k, v in self.counts.items() if k in _SUMMARY_FIELDS})
 
-    def finished(self, job: Job, written: Written, duration: float, lag: float) -> None:
+    def started(self, job: Job) -> None:
+        """An attempt started (a DEBUG event)."""
+        if self._enabled_for(logging.DEBUG):
+            self.log.debug("job.started", job_id=job.id, kind=job.kind, attempt=job.attempts)
+
+    def finished(self, job: Job, written: Written, duration: float) -> None:
         """An attempt ended with an outcome to write."""
         outcome = _OUTCOMES[written.state]
         self.counts[outcome] += 1
-        fields = {
-            "job_id": job.id,
-            "kind": safe_label(job.kind),
-            "attempt": job.attempts,
-            "duration": round(duration, 6),
-        }
-        if outcome == "succeeded":
-            self.log.debug("job.succeeded", **fields)
-        elif outcome == "retried":
-            self.log.info("job.retry", delay=round(written.delay, 3), error=written.error, **fields)
-        elif outcome == "failed":
-            self.log.error("job.failed", error=written.error, **fields)
-        else:
-            self.log.warning("job.discarded", error=written.error, **fields)
-        self.observe(job, outcome, duration, lag, written.error)
+        if outcome != "succeeded" or self._enabled_for(logging.DEBUG):
+            # A success is a DEBUG event: its fields are built only when it will be shown.
+            fields = {
+                "job_id": job.id,
+                "kind": safe_label(job.kind),
+                "attempt": job.attempts,
+                "duration": round(duration, 6),
+            }
+            if outcome == "succeeded":
+                self.log.debug("job.succeeded", **fields)
+            elif outcome == "retried":
+                self.log.info(
+                    "job.retry", delay=round(written.delay, 3), error=written.error, **fields
+                )
+            elif outcome == "failed":
+                self.log.error("job.failed", error=written.error, **fields)
+            else:
+                self.log.warning("job.discarded", error=written.error, **fields)
+        if self.observer is not noop_observer:
+            self.observe(job, outcome, duration, written.error)
 
-    def unrecorded(self, job: Job, outcome: Outcome, duration: float, lag: float) -> None:
+    def unrecorded(self, job: Job, outcome: Outcome, duration: float) -> None:
         """An attempt ended without an outcome to write: cancelled, or handed back."""
         self.counts[outcome] += 1
         self.log.info(f"job.{outcome}", job_id=job.id, kind=safe_label(job.kind))
-        self.observe(job, outcome, duration, lag)
+        self.observe(job, outcome, duration)
 
     def observe(
-        self, job: Job, outcome: Outcome, duration: float, lag: float, error: str | None = None
+        self, job: Job, outcome: Outcome, duration: float, error: str | None = None
     ) -> None:
         """Pass the event to the observer, if there is one."""
         if self.observer is noop_observer:
             return
+        # From due to leased: attempted_at is when this runner leased the job.
+        lag = max(0.0, (job.attempted_at - job.run_at).total_seconds()) if job.attempted_at else 0.0
         event = job_event(
             job.kind, job.queue, outcome, duration, lag,
             job_id=job.id, attempt=job.attempts, max_attempts=job.max_attempts, error=error,

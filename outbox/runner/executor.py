@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import sys
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -98,46 +98,47 @@ class Executor:
         self._runner_id = runner_id
         self._threads = threads
 
-    def start(self, lane: Lane, row: Leased) -> None:
-        """Hold a leased job and start its handler."""
-        job_id, kind, queue, payload, priority, attempts, max_attempts, run_at, created = row[:9]
-        key, meta, timeout, tenant, ordering_key = row[9:14]
-        job = trusted_job({
-            "id": job_id, "kind": kind, "queue": queue, "payload": payload,
-            "state": JobState.RUNNING, "priority": priority, "attempts": attempts,
-            "max_attempts": max_attempts, "run_at": run_at, "created_at": created,
-            "finished_at": None, "leased_until": None, "leased_by": self._runner_id,
-            "last_error": None, "errors": [], "unique_key": key, "result": None,
-            "metadata": meta, "timeout_seconds": timeout,
-            "attempted_at": datetime.now(timezone.utc), "updated_at": None,
-            "tenant": tenant, "ordering_key": ordering_key,
-        })  # fmt: skip
-        held = Held(job, lane, self._mux.route(kind))
-        lane.busy += 1
-        self._shared.held[held.key] = held
-        held.task = _start_task(self._run(held), f"outbox-job-{job_id}")
+    def start(self, lane: Lane, rows: Sequence[Leased]) -> None:
+        """Hold a batch of leased jobs and start their handlers."""
+        attempted = datetime.now(timezone.utc)
+        held_jobs, route_of, runner_id = self._shared.held, self._mux.route, self._runner_id
+        for row in rows:
+            job_id, kind, queue, payload, priority, attempts, max_attempts, run_at = row[:8]
+            created, key, meta, timeout, tenant, ordering_key = row[8:14]
+            job = trusted_job({
+                "id": job_id, "kind": kind, "queue": queue, "payload": payload,
+                "state": JobState.RUNNING, "priority": priority, "attempts": attempts,
+                "max_attempts": max_attempts, "run_at": run_at, "created_at": created,
+                "finished_at": None, "leased_until": None, "leased_by": runner_id,
+                "last_error": None, "errors": [], "unique_key": key, "result": None,
+                "metadata": meta, "timeout_seconds": timeout, "attempted_at": attempted,
+                "updated_at": None, "tenant": tenant, "ordering_key": ordering_key,
+            })  # fmt: skip
+            held = Held(job, lane, route_of(kind), (job_id, attempts))
+            lane.busy += 1
+            held_jobs[held.key] = held
+            held.task = _start_task(self._run(held), f"outbox-job-{job_id}")
 
     async def _run(self, held: Held) -> None:
         job, route = held.job, held.route
         started = time.monotonic()
-        lag = max(0.0, time.time() - job.run_at.timestamp())
-        self.reporter.log.debug("job.started", job_id=job.id, kind=job.kind, attempt=job.attempts)
+        self.reporter.started(job)
         self._tell(job, "started", None)
         try:
-            result = await self._call(route, job)
+            result = await self._attempt(route, job)
             written = self._success(job, result)
         except asyncio.CancelledError:
             if held.stop_reason is None:
                 raise
             reason = held.stop_reason
             outcome = "released" if reason == "shutdown" else reason
-            self.reporter.unrecorded(job, outcome, time.monotonic() - started, lag)
+            self.reporter.unrecorded(job, outcome, time.monotonic() - started)
             if reason != "shutdown":
                 self._shared.forget(held)
             return
         except BaseException as exc:
             written = self._failure(job, route, exc, time.monotonic() - started)
-        self.reporter.finished(job, written, time.monotonic() - started, lag)
+        self.reporter.finished(job, written, time.monotonic() - started)
         self._tell(job, _EVENTS[written.state], written.error)
         shared = self._shared
         while shared.unwritten >= shared.batch_size:
@@ -162,7 +163,17 @@ class Executor:
                     error=safe_failure_message(exc),
                 )
 
-    async def _call(self, route: Route, job: Job) -> Any:
+    def _attempt(self, route: Route, job: Job) -> Awaitable[Any]:
+        """The handler's call, inside what this job needs: validation, a span, a timeout.
+
+        A plain job (none of those) awaits the handler itself: no wrapping coroutine per job.
+        """
+        plain = route.payload_model is None and not self._shared.tracing
+        if plain and _timeout_of(route, job) is None:
+            return self._invoke(route, job)
+        return self._guarded(route, job)
+
+    async def _guarded(self, route: Route, job: Job) -> Any:
         if route.payload_model is not None:
             try:
                 payload = route.payload_model.model_validate(job.payload)
@@ -181,11 +192,13 @@ class Executor:
         async with _timeout(seconds):
             return await self._invoke(route, job)
 
-    async def _invoke(self, route: Route, job: Job) -> Any:
+    def _invoke(self, route: Route, job: Job) -> Awaitable[Any]:
         if route.is_async:
-            return await route.handler(job)
-        # The handler's thread sees this task's context: its span, structlog's contextvars.
-        return await self._threads.run(route.handler, job)
+            result: Awaitable[Any] = route.handler(job)
+            return result
+        # Called in the job's task: the handler's thread sees its context (its span,
+        # structlog's contextvars).
+        return self._threads.run(route.handler, job)
 
     def _success(self, job: Job, result: Any) -> Written:
         if result is None:
@@ -229,4 +242,7 @@ if sys.version_info >= (3, 12):
 else:
 
     def _start_task(coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
-        return asyncio.create_task(coro, name=name)
+        loop = asyncio.get_running_loop()
+        if loop.get_task_factory() is None:  # what create_task would do, minus two calls
+            return asyncio.Task(coro, loop=loop, name=name)
+        return loop.create_task(coro, name=name)

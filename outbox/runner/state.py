@@ -30,13 +30,15 @@ class Lane:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Held:
     """A job this runner holds a lease on, from lease until its outcome is written."""
 
     job: Job
     lane: Lane
     route: Route
+    key: LeaseKey
+    """(id, attempts): the lease, as every write after it names it."""
     task: asyncio.Task[None] | None = None
     stop_reason: StopReason | None = None
     """Why the runner cancelled the handler."""
@@ -44,11 +46,6 @@ class Held:
     """Its lane slot is free again (the outcome is with the completer, or there is none)."""
     outcome_queued: bool = False
     """The handler ended and its outcome waits to be written."""
-
-    @property
-    def key(self) -> LeaseKey:
-        """(id, attempts): the lease, as every write after it names it."""
-        return (self.job.id, self.job.attempts)
 
 
 class Shared:
