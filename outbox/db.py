@@ -132,8 +132,20 @@ def check_dsn(dsn: str) -> None:
         ) from None
 
 
-def _rows(cursor: psycopg.Cursor[Any] | psycopg.AsyncCursor[Any]) -> Rows:
-    return [] if cursor.description is None else cursor.fetchall()  # type: ignore[return-value]
+_TUPLES_OK = pq.ExecStatus.TUPLES_OK
+
+
+def _returned_rows(cursor: psycopg.Cursor[Any] | psycopg.AsyncCursor[Any]) -> bool:
+    """Whether the statement returned rows (zero or more): ``description is not None``.
+
+    Without the ``Column`` per field that ``description`` builds on every call.
+    """
+    result = cursor.pgresult
+    return result is not None and result.status == _TUPLES_OK
+
+
+def _rows(cursor: psycopg.Cursor[Any]) -> Rows:
+    return cursor.fetchall() if _returned_rows(cursor) else []
 
 
 _SAVEPOINT = b"SAVEPOINT outbox_copy"
@@ -216,7 +228,7 @@ async def arun(conn: psycopg.AsyncConnection[Any], plan: Plan[T]) -> T:
                         rows: Rows = []
                     else:
                         await cursor.execute(statement.query, statement.params)
-                        rows = [] if cursor.description is None else await cursor.fetchall()
+                        rows = await cursor.fetchall() if _returned_rows(cursor) else []
                 except psycopg.Error as exc:
                     raise translate_error(exc) from exc
             statement = plan.send(rows)
