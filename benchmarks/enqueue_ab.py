@@ -23,8 +23,6 @@ import contextlib
 import os
 import statistics
 import sys
-import threading
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -33,34 +31,17 @@ from typing import Any
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent / "systems"))
+import common
 
 from outbox import Outbox
 from outbox.embedded import embedded_postgres
 
 
-def timed(
-    dsn: str, clients: int, n: int, insert: Callable[[psycopg.Connection[Any], int], Any]
-) -> float:
-    """Seconds for ``n`` one-job transactions spread over ``clients`` threads."""
-    conns = [psycopg.connect(dsn, autocommit=True) for _ in range(clients)]
-    start = threading.Barrier(clients + 1)
-
-    def client(k: int) -> None:
-        start.wait()
-        for i in range(k, n, clients):
-            insert(conns[k], i)
-
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
-    for t in threads:
-        t.start()
-    start.wait()
-    started = time.perf_counter()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - started
-    for c in conns:
-        c.close()
-    return elapsed
+def rate(dsn: str, clients: int, n: int, insert: Callable[[Any, int], Any]) -> float:
+    """Jobs a second for ``n`` one-job transactions spread over ``clients`` threads."""
+    args = argparse.Namespace(dsn=dsn, clients=clients, n=n)
+    return float(common.from_clients(args, insert)["value"])
 
 
 def main() -> None:
@@ -88,12 +69,12 @@ def main() -> None:
             print("| clients | ours jobs/s | raw INSERT jobs/s | ours / raw, per round | median |")
             print("| --- | --- | --- | --- | --- |")
             for clients in (int(c) for c in args.clients.split(",")):
-                timed(dsn, clients, args.n // 10, ours)  # warm: plans, prepared statements
-                timed(dsn, clients, args.n // 10, raw)
+                rate(dsn, clients, args.n // 10, ours)  # warm: plans, prepared statements
+                rate(dsn, clients, args.n // 10, raw)
                 mine, theirs = [], []
                 for _ in range(args.rounds):
-                    mine.append(args.n / timed(dsn, clients, args.n, ours))
-                    theirs.append(args.n / timed(dsn, clients, args.n, raw))
+                    mine.append(rate(dsn, clients, args.n, ours))
+                    theirs.append(rate(dsn, clients, args.n, raw))
                 ratios = [a / b for a, b in zip(mine, theirs, strict=True)]
                 each = ", ".join(f"{r:.2f}" for r in ratios)
                 cells = [str(clients), f"{statistics.median(mine):,.0f}",
