@@ -9,7 +9,7 @@ One runner process (concurrency 100, a no-op handler, retention --retention seco
 fresh schema while this process enqueues batches with ``enqueue_many``, keeping at most
 --backlog jobs unfinished. Every --every finished jobs it prints the size of the heap, of each
 index and of the whole (pg_total_relation_size), with n_dead_tup, the vacuums so far (the
-runner's own, after its pruning rounds, and autovacuum's) and the last autovacuum. The target
+runner's own vacuumer's, every VACUUM_EVERY, and autovacuum's) and the last autovacuum. The target
 (issue 15): table + indexes at 1,000,000 jobs churned <= 2x their size at 100,000.
 
 Retention is 3 s by default (pruning every 1.5 s), so that by the 100,000 mark the table has
@@ -292,7 +292,7 @@ def main() -> int:
         "--vacuum",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="the runner's own vacuum after its pruning rounds (Runner(vacuum=...))",
+        help="the runner's vacuumer (Runner(vacuum=...))",
     )
     parser.add_argument(
         "--naptime",

@@ -95,7 +95,7 @@ class Vacuumer:
         if self._refused:
             return
         try:
-            await self._round(VACUUM_EVERY)
+            await self._round()
         except DatabaseError as exc:
             # Said once while it keeps failing: a look comes every few seconds.
             level = "debug" if self._failing else "warning"
@@ -104,11 +104,11 @@ class Vacuumer:
         else:
             self._failing = False
 
-    async def _round(self, quiet: float) -> None:
+    async def _round(self) -> None:
         stats = await self._store.table_stats()
         if stats.dead < self._left:
             self._left = 0  # something removed them since (autovacuum, pruning on access)
-        if not vacuum_due(stats, left=self._left, quiet=quiet):
+        if not vacuum_due(stats, left=self._left, quiet=VACUUM_EVERY):
             return
         if not stats.may_vacuum:
             self._refused = True
